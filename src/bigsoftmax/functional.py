@@ -464,11 +464,15 @@ def _fused_ok(weights, biases, inputs) -> bool:
 
 
 class _FusedSampledSoftmax(torch.autograd.Function):
-    """Sampled softmax loss [B] with hand-written backward.
+    """Sampled softmax loss [B] with a hand-written backward.
 
-    Forward: one index_select of the S sampled rows, one ``addmm`` (bias − log Q folded in), the T
-    true logits by row-wise dots, one in-place exp pass kept for backward. Backward: scale that
-    buffer by g/Σexp, then ``grad_x = P @ W_s + Σ_t P_t w_t`` and ``grad_W_s = P.T @ x``.
+    Forward: one index_select of the S sampled rows, one GEMM ``z = x @ W_s.T`` [B, S] with
+    ``bias − log Q`` added in the same pass that finds the row max, one in-place exp pass whose
+    result ``e = exp(z − m)`` is kept for backward, the T true logits by row-wise dots.
+    Backward never materialises ``dL/dz = e · g/Σexp``: the row scale ``r = g/Σexp`` is folded
+    into the skinny operands, so ``grad_x = r ⊙ (e @ W_s) + Σ_t P_t w_t`` and
+    ``grad_W_s = e.T @ (r ⊙ x)``, ``grad_b_s = e.T @ r`` — the two GEMMs of the roofline plus
+    O((B + S)·d) work. Hits are masked (their e is set to exactly 0; no ±inf anywhere).
     Weight/bias gradients touch only the S + B·T candidate rows: a sparse COO tensor when
     ``sparse`` (duplicates are summed on coalesce), else scattered into a dense zero [V, d].
     """
@@ -482,12 +486,13 @@ class _FusedSampledSoftmax(torch.autograd.Function):
         shift = -sampled_log_q.to(inputs.dtype)
         if bias is not None:
             shift = shift + bias.index_select(0, sampled)
-        z = torch.addmm(shift, inputs, Ws.t())  # [B, S]
+        z = torch.mm(inputs, Ws.t())  # [B, S]
+        z += shift
         zt = torch.bmm(Wt, inputs[:, :, None])[:, :, 0] - true_log_q.to(inputs.dtype)
         if bias is not None:
             zt = zt + bias.index_select(0, labels.reshape(-1)).reshape(B, T)
         has_hits = hit_rows.numel() > 0
-        if has_hits:  # neutral value for the max; zeroed after exp (a mask, no ±inf anywhere)
+        if has_hits:  # a neutral value for the max; zeroed after exp (a mask, no ±inf anywhere)
             z.index_put_((hit_rows, hit_cols), zt[:, 0].index_select(0, hit_rows))
         m = torch.maximum(z.amax(dim=1), zt.amax(dim=1)) if z.shape[1] else zt.amax(dim=1)
         e = z.sub_(m[:, None]).exp_()
@@ -508,21 +513,23 @@ class _FusedSampledSoftmax(torch.autograd.Function):
         inputs, Ws, Wt, e, et, sumexp, labels, sampled = ctx.saved_tensors
         B, d = inputs.shape
         T = labels.shape[1]
-        scale = g / sumexp
-        P = e * scale[:, None]  # d loss / d sampled logits (out of place: backward may run twice)
-        Pt = et * scale[:, None] - (g / T)[:, None]  # d loss / d true logits
+        r = g / sumexp  # dL/dz_s = e * r[:, None], never formed
+        Pt = et * r[:, None] - (g / T)[:, None]  # dL/dz_true [B, T]
         grad_x = grad_w = grad_b = None
         if ctx.needs_input_grad[0]:
-            grad_x = torch.bmm(Pt[:, None, :], Wt)[:, 0, :].addmm_(P, Ws)
-        if ctx.needs_input_grad[1] or (ctx.has_bias and ctx.needs_input_grad[2]):
+            grad_x = torch.mm(e, Ws).mul_(r[:, None]).add_(torch.bmm(Pt[:, None, :], Wt)[:, 0, :])
+        need_w = ctx.needs_input_grad[1]
+        need_b = ctx.has_bias and ctx.needs_input_grad[2]
+        if need_w or need_b:
             ids = torch.cat([sampled, labels.reshape(-1)])
-            if ctx.needs_input_grad[1]:
-                gws = P.t() @ inputs
-                gwt = (Pt[:, :, None] * inputs[:, None, :]).reshape(B * T, d)
-                vals = torch.cat([gws, gwt])
+            if need_w:
+                S = e.shape[1]
+                vals = inputs.new_empty(S + B * T, d)
+                torch.mm(e.t(), inputs * r[:, None], out=vals[:S])
+                torch.mul(Pt[:, :, None], inputs[:, None, :], out=vals[S:].view(B, T, d))
                 grad_w = _scatter_rows(ids, vals, (ctx.V, d), ctx.sparse)
-            if ctx.has_bias and ctx.needs_input_grad[2]:
-                bvals = torch.cat([P.sum(0), Pt.reshape(-1)])
+            if need_b:
+                bvals = torch.cat([torch.mv(e.t(), r), Pt.reshape(-1)])
                 grad_b = _scatter_rows(ids, bvals, (ctx.V,), ctx.sparse)
         return grad_x, grad_w, grad_b, None, None, None, None, None, None, None
 
