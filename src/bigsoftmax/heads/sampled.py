@@ -140,10 +140,12 @@ class SamplingHead(LinearEvalMixin, Head):
         return reduce_loss(per, keep, shape, self.reduction)
 
     def draw(self, labels: Tensor):
-        """Draw ``num_sampled`` candidates for labels [N, num_true] (updates learned samplers)."""
+        """Draw ``num_sampled`` candidates for labels [N, num_true]; then, as TF does, let a learned
+        sampler count this batch's labels (so they shape the next draws, not this one)."""
+        out = self.sampler.sample(labels, self.num_sampled, generator=self.generator)
         if self.training and hasattr(self.sampler, "update"):
             self.sampler.update(labels)
-        return self.sampler.sample(labels, self.num_sampled, generator=self.generator)
+        return out
 
     def _sampled_loss(self, h: Tensor, y: Tensor, sampled_values) -> Tensor:  # pragma: no cover - abstract
         raise NotImplementedError
@@ -159,10 +161,8 @@ class SamplingHead(LinearEvalMixin, Head):
 
 
 def _support_size(sampler) -> int:
-    try:
-        return int((sampler.probs() > 0).sum())
-    except Exception:  # samplers that cannot list probabilities cheaply
-        return sampler.range_max
+    """Number of classes a sampler can draw (ids with nonzero probability)."""
+    return int(getattr(sampler, "num_valid", sampler.range_max))
 
 
 class SampledSoftmax(SamplingHead):
