@@ -314,7 +314,7 @@ def sampled_logits_parts(
     hit_mask = None
     if remove_accidental_hits:
         hit_mask = _hit_mask(labels, sampled)
-        sampled_logits = sampled_logits.masked_fill(hit_mask, torch.finfo(sampled_logits.dtype).min)
+        sampled_logits = sampled_logits.masked_fill(hit_mask, torch.finfo(sampled_logits.dtype).min)  # a mask fill, not -inf
     return SampledParts(true_logits, sampled_logits, hit_mask, true_log_q, sampled_log_q, sampled, labels)
 
 
@@ -364,12 +364,13 @@ def _prepare(weights, biases, labels, inputs, num_sampled, num_classes, num_true
 
 
 def _softmax_ce(parts: SampledParts) -> Tensor:
-    """−Σ_j t_j log_softmax(logits)_j with t = 1/T on the true columns; logsumexp in fp32+."""
+    """−Σ_j t_j log_softmax(logits)_j with t = 1/T on the true columns; logsumexp in fp32+.
+
+    Hits already hold the most negative finite value, so exp() gives exactly 0 for them.
+    """
     acc = torch.promote_types(parts.true_logits.dtype, torch.float32)
     zt = parts.true_logits.to(acc)
     zs = parts.sampled_logits.to(acc)
-    if parts.hit_mask is not None:  # exclude hits by mask: they add exactly 0 to the partition sum
-        zs = zs.masked_fill(parts.hit_mask, torch.finfo(acc).min)
     lse = torch.logsumexp(torch.cat([zt, zs], dim=1), dim=1)
     return lse - zt.mean(dim=1)
 
@@ -416,11 +417,9 @@ def _sigmoid_ce(parts: SampledParts) -> Tensor:
     acc = torch.promote_types(parts.true_logits.dtype, torch.float32)
     zt, zs = parts.true_logits.to(acc), parts.sampled_logits.to(acc)
     lt = F.binary_cross_entropy_with_logits(zt, torch.full_like(zt, 1.0 / T), reduction="none").sum(1)
-    if parts.hit_mask is not None:
-        zs = zs.masked_fill(parts.hit_mask, 0.0)
-        ls = (F.softplus(zs) * (~parts.hit_mask)).sum(1)
-    else:
-        ls = F.softplus(zs).sum(1)
+    # hits hold the most negative finite value (see sampled_logits_parts): softplus and its
+    # gradient are exactly 0 there, so they drop out without another mask pass
+    ls = F.softplus(zs).sum(1)
     return lt + ls
 
 
