@@ -11,7 +11,7 @@ from torch import Tensor, nn
 from .. import functional as BF
 from .base import Head, LinearEvalMixin, check_target
 
-__all__ = ["SampledSoftmax", "SamplingHead"]
+__all__ = ["SampledSoftmax", "SamplingHead", "draw_candidates"]
 
 
 class SamplingHead(LinearEvalMixin, Head):
@@ -140,12 +140,8 @@ class SamplingHead(LinearEvalMixin, Head):
         return reduce_loss(per, keep, shape, self.reduction)
 
     def draw(self, labels: Tensor):
-        """Draw ``num_sampled`` candidates for labels [N, num_true]; then, as TF does, let a learned
-        sampler count this batch's labels (so they shape the next draws, not this one)."""
-        out = self.sampler.sample(labels, self.num_sampled, generator=self.generator)
-        if self.training and hasattr(self.sampler, "update"):
-            self.sampler.update(labels)
-        return out
+        """Draw ``num_sampled`` candidates for labels [N, num_true] (see :func:`draw_candidates`)."""
+        return draw_candidates(self.sampler, labels, self.num_sampled, self.generator, update=self.training)
 
     def _sampled_loss(self, h: Tensor, y: Tensor, sampled_values) -> Tensor:  # pragma: no cover - abstract
         raise NotImplementedError
@@ -158,6 +154,15 @@ class SamplingHead(LinearEvalMixin, Head):
 
     def _loss(self, h, y):  # exact NLL for the eval-mode forward
         return -self._target_log_prob(h, y)
+
+
+def draw_candidates(sampler, labels: Tensor, num_sampled: int, generator: torch.Generator, update: bool = True):
+    """Draw ``num_sampled`` candidates for labels [N, num_true]; then, as TF does, let a learned
+    sampler count this batch's labels (so they shape the next draws, not this one)."""
+    out = sampler.sample(labels, num_sampled, generator=generator)
+    if update and hasattr(sampler, "update"):
+        sampler.update(labels)
+    return out
 
 
 def _support_size(sampler) -> int:

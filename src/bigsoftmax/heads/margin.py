@@ -1,0 +1,817 @@
+"""The "other" softmax losses: angular / additive margins, feature normalisation, class weights, soft targets.
+
+Every class is a :class:`~bigsoftmax.heads.base.Head` with exact evaluation through
+:class:`~bigsoftmax.heads.base.LinearEvalMixin`. Notation: hidden ``x`` [N, d], class weights ``W`` [V, d]
+(row ``w_j`` is class j's centre), ``θ_j`` the angle between ``x`` and ``w_j``, ``y`` the target.
+
+Margin heads (:class:`MarginHead` subclasses) replace only the *target* logit during training:
+
+=========================  ===================================================  ==========================================
+head                       training target logit ``f_y``                        other logits ``f_j`` and evaluation logits
+=========================  ===================================================  ==========================================
+LargeMarginSoftmax         ``‖w_y‖‖x‖ (λ cos θ_y + ψ_m(θ_y)) / (1 + λ)``         ``‖w_j‖‖x‖ cos θ_j = w_j · x``
+AngularSoftmax (A-Softmax) ``‖x‖ (λ cos θ_y + ψ_m(θ_y)) / (1 + λ)``              ``‖x‖ cos θ_j = ŵ_j · x``
+AdditiveMarginSoftmax      ``s (cos θ_y − m)``                                   ``s cos θ_j = s ŵ_j · x̂``
+ArcFace                    ``s cos(θ_y + m)`` (fallback past π − m, see below)   ``s cos θ_j``
+=========================  ===================================================  ==========================================
+
+with ``ψ_m(θ) = (−1)^k cos(mθ) − 2k`` for ``θ ∈ [kπ/m, (k+1)π/m]`` (k = 0..m−1), a monotonically
+decreasing extension of ``cos(mθ)`` to [0, π]; ``cos(mθ)`` is evaluated as the Chebyshev polynomial
+``T_m(cos θ)`` so its gradient stays finite at θ = 0 and θ = π. The loss is the cross-entropy
+``logsumexp_j f_j − f_y``, computed in fp32 over class chunks.
+
+Training (``head.train()``) returns this margin objective; evaluation (``head.eval()``) ``forward``
+returns the exact margin-free NLL ``−log softmax(eval logits)_y`` (like the sampling heads), and
+``log_prob`` / ``target_log_prob`` / ``topk`` always use the margin-free evaluation logits.
+``embed(hidden)`` gives the feature used for verification (the unit feature ``x̂`` where the head
+normalises features, else ``x``).
+
+``num_sampled=S`` trains over millions of classes: the softmax runs over the positive (with its
+margin) and S class centres drawn by ``sampler`` (default ``Uniform``) — by default together with
+all positives of the batch, as in Partial FC (An et al. 2021) — scored by the library's shared
+sampled-logits core (:func:`bigsoftmax.functional.sampled_logits_parts`), with ``sparse=True``
+gradients for the touched rows only.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+from dataclasses import dataclass
+from typing import Callable, Optional, Sequence, Union
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from .. import functional as BF
+from .base import Head, LinearEvalMixin, chunked_logsumexp, reduce_loss
+from .sampled import draw_candidates
+
+__all__ = [
+    "chebyshev_cos",
+    "sphere_psi",
+    "large_margin_cos",
+    "additive_margin_cos",
+    "arc_margin_cos",
+    "margin_softmax_loss",
+    "inverse_frequency_weights",
+    "effective_number_weights",
+    "l2_alpha_lower_bound",
+    "LambdaSchedule",
+    "MarginHead",
+    "LargeMarginSoftmax",
+    "AngularSoftmax",
+    "SphereFace",
+    "AdditiveMarginSoftmax",
+    "CosFace",
+    "ArcFace",
+    "L2ConstrainedSoftmax",
+    "WeightedSoftmax",
+    "SoftSoftmax",
+]
+
+MarginFn = Callable[[Tensor], Tensor]
+
+
+# ============================================================================ argument checks
+def _check_int(name: str, v, lo: int) -> int:
+    if not isinstance(v, int) or isinstance(v, bool) or v < lo:
+        raise ValueError(f"{name} must be an int >= {lo}, got {v!r}")
+    return v
+
+
+def _check_float(name: str, v, lo: float, hi: float = math.inf, lo_open: bool = False, hi_open: bool = True) -> float:
+    if isinstance(v, bool) or not isinstance(v, (int, float)):
+        raise TypeError(f"{name} must be a real number, got {type(v).__name__}")
+    v = float(v)
+    ok_lo = v > lo if lo_open else v >= lo
+    ok_hi = v < hi if hi_open else v <= hi
+    if not (math.isfinite(v) and ok_lo and ok_hi):
+        rng = f"{'(' if lo_open else '['}{lo:g}, {hi:g}{')' if hi_open else ']'}"
+        raise ValueError(f"{name} must be a finite number in {rng}, got {v!r}")
+    return v
+
+
+def _acc(dtype: torch.dtype) -> torch.dtype:
+    """Accumulation dtype: fp32 for half types, else the dtype itself (fp64 stays fp64)."""
+    return torch.promote_types(dtype, torch.float32)
+
+
+def _normalize(x: Tensor, eps: float) -> Tensor:
+    """Unit rows ``x / max(‖x‖, eps)`` in fp32+ (a zero row stays 0: no NaN, also for fp16 inputs)."""
+    return F.normalize(x.to(_acc(x.dtype)), dim=-1, eps=eps)
+
+
+# ============================================================================ margin functions (the math)
+def chebyshev_cos(cos: Tensor, m: int) -> Tensor:
+    """``cos(mθ) = T_m(cos θ)`` by the Chebyshev recurrence ``T_{n+1} = 2c T_n − T_{n−1}``.
+
+    cos: any shape, values in [−1, 1]; m: int >= 0. A polynomial in ``cos θ``, so differentiable
+    everywhere (no ``acos``), unlike ``torch.cos(m * torch.acos(c))``.
+    """
+    _check_int("m", m, 0)
+    if m == 0:
+        return torch.ones_like(cos)
+    t_prev, t = torch.ones_like(cos), cos
+    for _ in range(m - 1):
+        t_prev, t = t, 2 * cos * t - t_prev
+    return t
+
+
+def sphere_psi(cos: Tensor, m: int) -> Tensor:
+    """``ψ_m(θ) = (−1)^k cos(mθ) − 2k`` for ``θ ∈ [kπ/m, (k+1)π/m]`` (Liu et al. 2016, 2017).
+
+    cos: ``cos θ`` of any shape (clamped to [−1, 1]); m: int >= 1. The sector index ``k`` is computed
+    without gradient (it is piecewise constant), ``cos(mθ)`` by :func:`chebyshev_cos`. ψ is continuous
+    and decreasing on [0, π], from ψ(0) = 1 to ψ(π) = 1 − 2m; ``sphere_psi(c, 1) == c``.
+    """
+    _check_int("m", m, 1)
+    c = cos.clamp(-1.0, 1.0)
+    with torch.no_grad():
+        k = torch.floor(torch.acos(c.detach()) * (m / math.pi)).clamp_(0, m - 1)
+        sign = 1.0 - 2.0 * torch.remainder(k, 2.0)  # (−1)^k
+    return sign * chebyshev_cos(c, m) - 2.0 * k
+
+
+def large_margin_cos(cos: Tensor, m: int, lam: float = 0.0) -> Tensor:
+    """L-Softmax / A-Softmax target "cosine" ``(λ cos θ + ψ_m(θ)) / (1 + λ)`` (λ >= 0 anneals the margin)."""
+    lam = _check_float("lam", lam, 0.0)
+    psi = sphere_psi(cos, m)
+    if lam == 0.0:
+        return psi
+    return (lam * cos.clamp(-1.0, 1.0) + psi) / (1.0 + lam)
+
+
+def additive_margin_cos(cos: Tensor, m: float) -> Tensor:
+    """AM-Softmax / CosFace target cosine ``cos θ − m`` (m >= 0)."""
+    m = _check_float("m", m, 0.0)
+    return cos - m
+
+
+def arc_margin_cos(cos: Tensor, m: float, easy_margin: bool = False) -> Tensor:
+    """ArcFace target cosine ``cos(θ + m)`` with insightface's fallback.
+
+    ``cos(θ + m) = cos θ cos m − sin θ sin m`` while ``cos θ > cos(π − m)`` (θ + m < π, where it is
+    decreasing in θ); past that, ``cos θ − m sin m`` (insightface ``easy_margin=False``: ``cos θ − mm``
+    with ``mm = sin(π − m)·m``), which keeps the target logit decreasing in θ. With ``easy_margin``
+    the margin is applied only where ``cos θ > 0``. ``sin θ = sqrt(max(1 − cos²θ, eps_dtype))`` keeps the
+    gradient finite at θ = 0. m in [0, π/2]: there ``cos m + m sin m >= 1``, so the fallback starts
+    below cos(π) = −1 and the target logit is non-increasing in θ on [0, π] (for larger m it would jump up).
+    """
+    m = _check_float("m", m, 0.0, math.pi / 2, hi_open=False)
+    c = cos.clamp(-1.0, 1.0)
+    tiny = torch.finfo(c.dtype).eps
+    sin = torch.sqrt((1.0 - c * c).clamp(min=tiny))
+    phi = c * math.cos(m) - sin * math.sin(m)
+    if easy_margin:
+        return torch.where(c > 0, phi, c)
+    return torch.where(c > math.cos(math.pi - m), phi, c - math.sin(math.pi - m) * m)
+
+
+def _target_logit(score: Tensor, x_norm: Tensor, w_norm: Tensor, margin_fn: MarginFn, scale, unit_x: bool,
+                  unit_w: bool, eps: float) -> Tensor:
+    """Margin target logit from ``score = x'·w'_y`` and the raw norms (x' / w' unit where the head normalises).
+
+    cos θ = score / max(‖x'‖‖w'‖, eps); logit = scale · ‖x‖^[not unit_x] · ‖w‖^[not unit_w] · margin_fn(cos θ).
+    """
+    denom = (x_norm if not unit_x else torch.ones_like(x_norm)) * (w_norm if not unit_w else torch.ones_like(w_norm))
+    cos = (score / denom.clamp(min=eps)).clamp(-1.0, 1.0)
+    mag = denom if not (unit_x and unit_w) else None
+    g = margin_fn(cos)
+    if mag is not None:
+        g = g * mag
+    return g * scale
+
+
+def margin_softmax_loss(
+    hidden: Tensor,
+    weight: Tensor,
+    target: Tensor,
+    margin_fn: MarginFn,
+    *,
+    scale: Union[float, Tensor] = 1.0,
+    normalize_features: bool = True,
+    normalize_weights: bool = True,
+    eps: float = 1e-12,
+    chunk: int = 16384,
+) -> Tensor:
+    """Per-example margin softmax cross-entropy over all V classes: [N, d], [V, d], [N] -> [N].
+
+    With ``x' = x̂`` if ``normalize_features`` else ``x`` and ``w' = ŵ`` likewise::
+
+        f_j = scale · x' · w'_j                               (j ≠ y)
+        f_y = scale · ‖x'‖ ‖w'_y‖ · margin_fn(cos θ_y)
+        loss = logsumexp_j f_j − f_y                          (fp32+, V scored in chunks)
+
+    ``margin_fn`` maps ``cos θ_y`` to the margin-penalised cosine (e.g.
+    ``functools.partial(arc_margin_cos, m=0.5)``); the identity gives the plain (normalised) softmax.
+    """
+    acc = _acc(hidden.dtype)
+    x = _normalize(hidden, eps) if normalize_features else hidden.to(acc)
+    w_y = weight.index_select(0, target)
+    w_norm = w_y.to(acc).norm(dim=-1)
+    w_y = _normalize(w_y, eps) if normalize_weights else w_y.to(acc)
+    score = (x * w_y).sum(-1)
+    zt = _target_logit(score, x.norm(dim=-1), w_norm, margin_fn, scale, normalize_features, normalize_weights, eps)
+    V = weight.shape[0]
+    xs = x * scale  # scale once on [N, d] rather than on every [N, chunk] block
+
+    def scores(s: int, e: int) -> Tensor:
+        w = weight[s:e]
+        w = _normalize(w, eps) if normalize_weights else w
+        z = (xs @ w.to(x.dtype).t()).to(acc)
+        hit = target[:, None] == torch.arange(s, e, device=target.device)[None, :]
+        return torch.where(hit, zt[:, None].to(acc), z)
+
+    return chunked_logsumexp(scores, V, chunk) - zt.to(acc)
+
+
+# ============================================================================ class-weight helpers
+def _counts(counts, name="counts") -> Tensor:
+    c = torch.as_tensor(counts, dtype=torch.float64)
+    if c.dim() != 1 or c.numel() < 1:
+        raise ValueError(f"{name} must be a non-empty 1-D sequence of per-class counts, got shape {tuple(c.shape)}")
+    if not bool(torch.isfinite(c).all()) or bool((c < 0).any()):
+        raise ValueError(f"{name} must be finite and >= 0")
+    return c
+
+
+def _finish_weights(w: Tensor, normalize: bool) -> Tensor:
+    if normalize:
+        w = w * (w.numel() / w.sum())
+    return w.to(torch.float32)
+
+
+def inverse_frequency_weights(counts, power: float = 1.0, normalize: bool = True) -> Tensor:
+    """Class weights ``w_c ∝ (1 / max(n_c, 1))^power`` for :class:`WeightedSoftmax`: [V] counts -> [V] fp32.
+
+    power=1 is plain inverse frequency, 0.5 the common square-root dampening, 0 uniform. Classes never
+    seen (n_c = 0) get the weight of a singleton. ``normalize`` rescales so the weights sum to V (mean 1,
+    keeping the loss scale of the unweighted softmax).
+    """
+    c = _counts(counts)
+    power = _check_float("power", power, 0.0)
+    return _finish_weights(c.clamp(min=1.0).pow(-power), normalize)
+
+
+def effective_number_weights(counts, beta: float = 0.999, normalize: bool = True) -> Tensor:
+    """Class-balanced weights of Cui et al. (2019): ``w_c ∝ (1 − β) / (1 − β^{n_c})``: [V] -> [V] fp32.
+
+    ``(1 − β^n)/(1 − β)`` is the effective number of samples of a class with n samples; β in [0, 1)
+    (β = 0: uniform; β → 1: inverse frequency). n_c = 0 counts as 1. ``normalize``: weights sum to V.
+    """
+    c = _counts(counts)
+    beta = _check_float("beta", beta, 0.0, 1.0)
+    eff = -torch.expm1(c.clamp(min=1.0) * math.log(beta)) / (1.0 - beta) if beta > 0 else torch.ones_like(c)
+    return _finish_weights(1.0 / eff, normalize)
+
+
+def l2_alpha_lower_bound(num_classes: int, p: float = 0.9) -> float:
+    """Ranjan et al. (2017) lower bound on the L2-constrained scale: ``α >= log(p (V − 2) / (1 − p))``.
+
+    The smallest α for which a feature can reach softmax probability p for its class (when the class
+    centres are well spread). num_classes >= 3, p in (0, 1).
+    """
+    _check_int("num_classes", num_classes, 3)
+    p = _check_float("p", p, 0.0, 1.0, lo_open=True)
+    return math.log(p * (num_classes - 2) / (1.0 - p))
+
+
+# ============================================================================ λ annealing
+@dataclass(frozen=True)
+class LambdaSchedule:
+    """SphereFace / L-Softmax annealing ``λ_t = max(lambda_min, base · (1 + gamma · t)^(−power))``.
+
+    Defaults are those of the SphereFace Caffe model (``base: 1000 gamma: 0.12 power: 1 lambda_min: 5``);
+    t counts training forwards (the first forward uses t = 1, like Caffe's ``iter_ += 1`` before use).
+    """
+
+    base: float = 1000.0
+    gamma: float = 0.12
+    power: float = 1.0
+    lambda_min: float = 5.0
+
+    def __post_init__(self):
+        for name in ("base", "gamma", "power", "lambda_min"):
+            _check_float(f"LambdaSchedule.{name}", getattr(self, name), 0.0)
+
+    def __call__(self, iteration: int) -> float:
+        return max(self.lambda_min, self.base * (1.0 + self.gamma * float(iteration)) ** (-self.power))
+
+
+# ============================================================================ shared module plumbing
+class _LinearHeadMixin:
+    """``_eval_logits`` in the accumulation dtype (fp32 features × any-dtype weights)."""
+
+    def _eval_logits(self, h: Tensor, start: int, stop: int) -> Tensor:
+        w = self.eval_weight()[start:stop]
+        z = h @ w.to(h.dtype).t()
+        b = self.eval_bias()
+        if b is not None:
+            z = z + b[start:stop].to(z.dtype)
+        return z
+
+    def _loss(self, h: Tensor, y: Tensor) -> Tensor:
+        if self.training:
+            return self._train_loss(h, y)
+        return -self._target_log_prob(h, y)
+
+    def _train_loss(self, h: Tensor, y: Tensor) -> Tensor:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+
+def _init_weight(weight: Optional[Tensor], num_classes: int, in_features: int) -> nn.Parameter:
+    if weight is not None:
+        if not isinstance(weight, Tensor):
+            raise TypeError(f"weight must be a [num_classes, in_features] tensor/Parameter, got {type(weight).__name__}")
+        if tuple(weight.shape) != (num_classes, in_features):
+            raise ValueError(
+                f"weight must have shape [num_classes={num_classes}, in_features={in_features}], got {tuple(weight.shape)}"
+            )
+        if not weight.dtype.is_floating_point:
+            raise TypeError(f"weight must be floating point, got dtype {weight.dtype}")
+        return weight if isinstance(weight, nn.Parameter) else nn.Parameter(weight)
+    w = nn.Parameter(torch.empty(num_classes, in_features))
+    nn.init.normal_(w, std=1.0 / math.sqrt(in_features))
+    return w
+
+
+class MarginHead(_LinearHeadMixin, LinearEvalMixin, Head):
+    """Base of the angular/additive margin heads (see the module docstring for the formulas).
+
+    Parameters: ``weight [V, d]`` (class centres; no bias, as in all four papers). Subclasses set
+    ``normalize_features`` / ``normalize_weights``, ``scale`` and :meth:`margin_cos`.
+
+    Sampled training (``num_sampled=S``): per step the sampler (default
+    ``bigsoftmax.samplers.Uniform(V)``, drawing with ``self.generator``) proposes S class ids; with
+    ``include_batch_positives=True`` (Partial FC) every positive of the batch is added and draws that
+    repeat one are dropped. Per example the softmax runs over its positive (margin applied) and these
+    candidates, scaled like the dense logits; its own class among the candidates is removed
+    (``remove_accidental_hits``). ``subtract_log_q=True`` subtracts log E(c) (the sampler's expected
+    count) from every logit after scaling — with a uniform sampler this is the same constant for
+    every candidate and does not change the loss; it needs ``include_batch_positives=False`` (added
+    positives have no proposal probability). Partial FC does not correct, so the default is False.
+    ``sparse=True`` makes ``weight.grad`` a sparse COO tensor over the touched rows.
+    """
+
+    normalize_features: bool = True
+    normalize_weights: bool = True
+
+    def __init__(
+        self,
+        in_features: int,
+        num_classes: int,
+        *,
+        num_sampled: Optional[int] = None,
+        sampler: Optional[nn.Module] = None,
+        include_batch_positives: bool = True,
+        remove_accidental_hits: bool = True,
+        subtract_log_q: bool = False,
+        sparse: bool = False,
+        seed: Optional[int] = None,
+        weight: Optional[Tensor] = None,
+        eps: float = 1e-12,
+        ignore_index: int = -100,
+        reduction: str = "mean",
+    ):
+        super().__init__(in_features, num_classes, ignore_index, reduction)
+        self.eps = _check_float("eps", eps, 0.0, lo_open=True)
+        self.weight = _init_weight(weight, num_classes, in_features)
+        self.bias = None
+        self.num_sampled = None if num_sampled is None else _check_int("num_sampled", num_sampled, 1)
+        self.include_batch_positives = bool(include_batch_positives)
+        self.remove_accidental_hits = bool(remove_accidental_hits)
+        self.subtract_log_q = bool(subtract_log_q)
+        self.sparse = bool(sparse)
+        self.sampler = None
+        if num_sampled is None:
+            if sampler is not None or sparse:
+                raise ValueError("sampler= and sparse=True need num_sampled (sampled training); got num_sampled=None")
+        else:
+            self.sampler = self._make_sampler(sampler, num_classes, num_sampled)
+            if self.include_batch_positives and not self.remove_accidental_hits:
+                raise ValueError("include_batch_positives=True needs remove_accidental_hits=True "
+                                 "(else each example's own positive would also count as a negative)")
+            if self.include_batch_positives and self.subtract_log_q:
+                raise ValueError("subtract_log_q=True needs include_batch_positives=False: the added batch positives "
+                                 "have no proposal probability Q")
+        self.generator = torch.Generator()
+        self.generator.manual_seed(int(seed) if seed is not None else int(torch.randint(0, 2**62, (1,))))
+
+    @staticmethod
+    def _make_sampler(sampler, num_classes: int, num_sampled: int):
+        from .. import samplers as S
+
+        if sampler is None:
+            sampler = S.Uniform(num_classes, unique=True)
+        if not hasattr(sampler, "sample") or not hasattr(sampler, "range_max"):
+            raise TypeError(f"sampler must be a bigsoftmax.samplers sampler (with .sample and .range_max), "
+                            f"got {type(sampler).__name__}")
+        if sampler.range_max != num_classes:
+            raise ValueError(f"sampler.range_max={sampler.range_max} must equal num_classes={num_classes}")
+        limit = getattr(sampler, "num_valid", num_classes)
+        if getattr(sampler, "unique", False) and num_sampled > limit:
+            raise ValueError(f"num_sampled={num_sampled} exceeds the {limit} classes the unique sampler can draw; "
+                             f"use num_sampled in [1, {limit}]")
+        return sampler
+
+    # ----------------------------------------------------------------- what subclasses define
+    @property
+    def scale(self) -> float:
+        """Logit scale s (1 for L-Softmax / A-Softmax)."""
+        return 1.0
+
+    def margin_cos(self, cos: Tensor) -> Tensor:  # pragma: no cover - abstract
+        """Margin-penalised target cosine g(cos θ_y)."""
+        raise NotImplementedError
+
+    def _step_margin(self) -> MarginFn:
+        """The margin function for this training step (annealing heads advance their counter)."""
+        return self.margin_cos
+
+    # ----------------------------------------------------------------- evaluation hooks
+    def eval_weight(self) -> Tensor:
+        return self.weight
+
+    def _eval_hidden(self, h: Tensor) -> Tensor:
+        return _normalize(h, self.eps) if self.normalize_features else h.to(_acc(h.dtype))
+
+    def _eval_logits(self, h: Tensor, start: int, stop: int) -> Tensor:
+        w = self.weight[start:stop]
+        w = _normalize(w, self.eps) if self.normalize_weights else w
+        return (h @ w.to(h.dtype).t()) * self.scale
+
+    def _eval_target_logit(self, he: Tensor, y: Tensor, z_t: Tensor) -> Tensor:
+        if self.normalize_weights:
+            z_t = z_t / self.weight[y].to(z_t.dtype).norm(dim=-1).clamp(min=self.eps)
+        return z_t * self.scale
+
+    def embed(self, hidden: Tensor) -> Tensor:
+        """Verification feature [..., d] -> [..., d]: ``x̂`` where the head normalises features, else ``x``."""
+        h = self._flat_hidden(hidden)
+        out = _normalize(h, self.eps) if self.normalize_features else h
+        return out.reshape(hidden.shape)
+
+    def sparse_parameters(self):
+        """Parameters that receive sparse gradients (for :mod:`bigsoftmax.optim`)."""
+        return [self.weight] if self.sparse else []
+
+    def extra_repr(self) -> str:
+        s = f"in_features={self.in_features}, num_classes={self.num_classes}"
+        if self.num_sampled is not None:
+            s += (f", num_sampled={self.num_sampled}, include_batch_positives={self.include_batch_positives}, "
+                  f"subtract_log_q={self.subtract_log_q}, sparse={self.sparse}")
+        return s
+
+    # ----------------------------------------------------------------- training
+    def _train_loss(self, h: Tensor, y: Tensor) -> Tensor:
+        fn = self._step_margin()
+        if self.num_sampled is None:
+            return margin_softmax_loss(h, self.weight, y, fn, scale=self.scale, normalize_features=self.normalize_features,
+                                       normalize_weights=self.normalize_weights, eps=self.eps, chunk=self.eval_chunk)
+        return self._sampled_loss(h, y, fn)
+
+    def draw(self, labels: Tensor):
+        """Draw ``num_sampled`` candidates for labels [N, 1] with ``self.generator`` (see :func:`draw_candidates`)."""
+        return draw_candidates(self.sampler, labels, self.num_sampled, self.generator, update=self.training)
+
+    def candidates(self, y: Tensor, sampled_values=None):
+        """The step's candidate set ``(ids [S'], true_expected [N, 1], sampled_expected [S'])``.
+
+        Sampler draws, preceded by the batch's unique positives when ``include_batch_positives``
+        (draws equal to a positive are dropped so no class appears twice).
+        """
+        y2 = y[:, None]
+        sampled, true_exp, samp_exp = self.draw(y2) if sampled_values is None else sampled_values
+        sampled = sampled.to(y.device).long()
+        if self.include_batch_positives:
+            pos = torch.unique(y)
+            keep = ~torch.isin(sampled, pos)
+            sampled = torch.cat([pos, sampled[keep]])
+            samp_exp = torch.cat([torch.ones(pos.shape[0], dtype=samp_exp.dtype, device=samp_exp.device),
+                                  samp_exp.to(y.device)[keep]])
+        return sampled, true_exp, samp_exp
+
+    def _parts(self, x: Tensor, y2: Tensor, sampled_values):
+        """The library's shared sampled-logits core on this head's weight (sparse rows when ``sparse``)."""
+        rt = functools.partial(_normalize, eps=self.eps) if self.normalize_weights else None
+        return BF.sampled_logits_parts(self.weight, None, y2, x, sampled_values, subtract_log_q=False,
+                                       remove_accidental_hits=self.remove_accidental_hits, row_transform=rt,
+                                       sparse=self.sparse)
+
+    def _sampled_loss(self, h: Tensor, y: Tensor, margin_fn: MarginFn, sampled_values=None) -> Tensor:
+        """Margin softmax over the positive and the candidates: [N, d], [N] -> [N] (see the class docstring)."""
+        acc = _acc(h.dtype)
+        x = self._eval_hidden(h)
+        scale = self.scale
+        # score s·x' against the candidates: the core's logits come out scaled (no extra [N, S] pass)
+        parts = self._parts(x * scale if scale != 1.0 else x, y[:, None], self.candidates(y, sampled_values))
+        if self.normalize_weights:
+            w_norm = torch.ones(y.shape[0], dtype=acc, device=h.device)
+        else:  # L-Softmax needs ‖w_y‖: one more [N, d] gather (sparse like the core's)
+            w_norm = BF.gather_rows(self.weight, y, self.sparse).to(acc).norm(dim=-1)
+        score = parts.true_logits[:, 0].to(acc) / scale  # x' · w'_y
+        zt = _target_logit(score, x.norm(dim=-1), w_norm, margin_fn, scale, self.normalize_features,
+                           self.normalize_weights, self.eps)
+        zs = parts.sampled_logits.to(acc)  # hits hold the dtype's most negative finite value
+        if self.subtract_log_q:
+            zt = zt - parts.true_log_q[:, 0].to(acc)
+            zs = zs - parts.sampled_log_q.to(acc)[None, :]
+        if parts.hit_mask is not None and (self.subtract_log_q or zs.dtype != parts.sampled_logits.dtype):
+            zs = zs.masked_fill(parts.hit_mask, torch.finfo(acc).min)  # re-mask in the accumulation dtype
+        return torch.logaddexp(torch.logsumexp(zs, dim=1), zt) - zt
+
+    def sampled_loss(self, hidden: Tensor, target: Tensor, sampled_values) -> Tensor:
+        """Sampled margin objective with given TF-style ``sampled_values`` (ids [S], true_expected [N, 1],
+        sampled_expected [S]) instead of the sampler's draw; reduced like ``forward``."""
+        if self.num_sampled is None:
+            raise ValueError("sampled_loss needs a head built with num_sampled")
+        h, y = self._flat_pair(hidden, target)
+        keep = y != self.ignore_index
+        if not bool(keep.all()):
+            h, y = h[keep], y[keep]
+            sampled_values = (sampled_values[0], sampled_values[1][keep], sampled_values[2])
+        per = self._sampled_loss(h, y, self._step_margin(), sampled_values)
+        return reduce_loss(per, keep, target.shape, self.reduction)
+
+
+def _check_scale(s) -> float:
+    return _check_float("s", s, 0.0, lo_open=True)
+
+
+class _AnnealedMixin:
+    """λ (fixed float or :class:`LambdaSchedule`) with an ``iteration`` buffer counted in training forwards."""
+
+    def _init_lambda(self, m, lambda_schedule):
+        self.m = _check_int("m", m, 1)
+        if lambda_schedule is None:
+            lambda_schedule = 0.0
+        if isinstance(lambda_schedule, LambdaSchedule):
+            self.lambda_schedule = lambda_schedule
+        else:
+            self.lambda_schedule = _check_float("lambda_schedule (a fixed λ)", lambda_schedule, 0.0)
+        self.register_buffer("iteration", torch.zeros((), dtype=torch.long))
+
+    def current_lambda(self) -> float:
+        """λ of the next training step (0 = full margin)."""
+        if isinstance(self.lambda_schedule, LambdaSchedule):
+            return self.lambda_schedule(int(self.iteration) + 1)
+        return self.lambda_schedule
+
+    def margin_cos(self, cos: Tensor) -> Tensor:
+        return large_margin_cos(cos, self.m, self.current_lambda())
+
+    def _step_margin(self) -> MarginFn:
+        lam = self.current_lambda()
+        with torch.no_grad():
+            self.iteration += 1
+        return functools.partial(large_margin_cos, m=self.m, lam=lam)
+
+
+class LargeMarginSoftmax(_AnnealedMixin, MarginHead):
+    """L-Softmax (Liu et al. 2016): multiplicative angular margin on unnormalised features and weights.
+
+    Training target logit ``f_y = ‖w_y‖‖x‖ (λ cos θ_y + ψ_m(θ_y)) / (1 + λ)``, other logits
+    ``f_j = w_j · x``; ψ_m as in :func:`sphere_psi` (m = 4 default, the paper's MNIST setting; m = 1 is
+    the plain softmax without bias). ``lambda_schedule``: a fixed λ >= 0 (default 0: full margin, as in
+    pytorch-metric-learning) or a :class:`LambdaSchedule` annealed per training forward.
+    Evaluation logits: ``W x`` (margin-free, no bias). ``embed`` returns ``x`` unchanged.
+    """
+
+    normalize_features = False
+    normalize_weights = False
+
+    def __init__(self, in_features: int, num_classes: int, m: int = 4,
+                 lambda_schedule: Union[float, LambdaSchedule, None] = None, **kwargs):
+        super().__init__(in_features, num_classes, **kwargs)
+        self._init_lambda(m, lambda_schedule)
+
+    def extra_repr(self) -> str:
+        return f"{super().extra_repr()}, m={self.m}, lambda_schedule={self.lambda_schedule}"
+
+
+class AngularSoftmax(_AnnealedMixin, MarginHead):
+    """A-Softmax / SphereFace (Liu et al. 2017): unit class weights, no bias, multiplicative margin m.
+
+    Training target logit ``f_y = ‖x‖ (λ cos θ_y + ψ_m(θ_y)) / (1 + λ)``, other logits
+    ``f_j = ‖x‖ cos θ_j = ŵ_j · x``. m = 4 (paper). ``lambda_schedule`` defaults to the SphereFace
+    annealing :class:`LambdaSchedule` (base 1000, gamma 0.12, power 1, lambda_min 5); pass 0.0 for
+    the pure margin. Evaluation logits ``‖x‖ cos θ_j``. ``embed`` returns ``x`` (compare with cosine).
+    """
+
+    normalize_features = False
+    normalize_weights = True
+
+    def __init__(self, in_features: int, num_classes: int, m: int = 4,
+                 lambda_schedule: Union[float, LambdaSchedule, None] = LambdaSchedule(), **kwargs):
+        super().__init__(in_features, num_classes, **kwargs)
+        self._init_lambda(m, lambda_schedule)
+
+    def extra_repr(self) -> str:
+        return f"{super().extra_repr()}, m={self.m}, lambda_schedule={self.lambda_schedule}"
+
+
+SphereFace = AngularSoftmax
+
+
+class AdditiveMarginSoftmax(MarginHead):
+    """AM-Softmax (Wang et al. 2018): ``f_y = s (cos θ_y − m)``, ``f_j = s cos θ_j``; s = 30, m = 0.35.
+
+    Features and class weights are L2-normalised (``eps`` guards zero vectors). Evaluation logits
+    ``s cos θ_j``; ``embed`` returns ``x̂``. m >= 0 (m = 0: normalised softmax), s > 0.
+    """
+
+    def __init__(self, in_features: int, num_classes: int, s: float = 30.0, m: float = 0.35, **kwargs):
+        super().__init__(in_features, num_classes, **kwargs)
+        self.s = _check_scale(s)
+        self.m = _check_float("m", m, 0.0)
+
+    @property
+    def scale(self) -> float:
+        return self.s
+
+    def margin_cos(self, cos: Tensor) -> Tensor:
+        return additive_margin_cos(cos, self.m)
+
+    def extra_repr(self) -> str:
+        return f"{super().extra_repr()}, s={self.s}, m={self.m}"
+
+
+class CosFace(AdditiveMarginSoftmax):
+    """CosFace / LMCL (Wang et al. 2018): AM-Softmax with the CosFace paper's s = 64, m = 0.35."""
+
+    def __init__(self, in_features: int, num_classes: int, s: float = 64.0, m: float = 0.35, **kwargs):
+        super().__init__(in_features, num_classes, s=s, m=m, **kwargs)
+
+
+class ArcFace(MarginHead):
+    """ArcFace (Deng et al. 2019): ``f_y = s cos(θ_y + m)``, ``f_j = s cos θ_j``; s = 64, m = 0.5 rad.
+
+    Past θ_y > π − m the target uses insightface's ``cos θ − m sin m`` (see :func:`arc_margin_cos`);
+    ``easy_margin=True`` applies the margin only where cos θ_y > 0. Evaluation logits ``s cos θ_j``;
+    ``embed`` returns ``x̂``. m in [0, π/2] radians (pytorch-metric-learning takes degrees: 28.6° ≈ 0.5).
+    """
+
+    def __init__(self, in_features: int, num_classes: int, s: float = 64.0, m: float = 0.5,
+                 easy_margin: bool = False, **kwargs):
+        super().__init__(in_features, num_classes, **kwargs)
+        self.s = _check_scale(s)
+        self.m = _check_float("m", m, 0.0, math.pi / 2, hi_open=False)
+        self.easy_margin = bool(easy_margin)
+
+    @property
+    def scale(self) -> float:
+        return self.s
+
+    def margin_cos(self, cos: Tensor) -> Tensor:
+        return arc_margin_cos(cos, self.m, self.easy_margin)
+
+    def extra_repr(self) -> str:
+        return f"{super().extra_repr()}, s={self.s}, m={self.m}, easy_margin={self.easy_margin}"
+
+
+# ============================================================================ non-margin variants
+class _DenseLinearHead(_LinearHeadMixin, LinearEvalMixin, Head):
+    """``weight [V, d]`` + optional ``bias [V]``; exact training loss through the chunked logsumexp."""
+
+    def __init__(self, in_features: int, num_classes: int, bias: bool = True, weight: Optional[Tensor] = None,
+                 ignore_index: int = -100, reduction: str = "mean"):
+        super().__init__(in_features, num_classes, ignore_index, reduction)
+        self.weight = _init_weight(weight, num_classes, in_features)
+        self.bias = nn.Parameter(torch.zeros(num_classes)) if bias else None
+
+    def eval_weight(self) -> Tensor:
+        return self.weight
+
+    def eval_bias(self) -> Optional[Tensor]:
+        return self.bias
+
+    def _eval_hidden(self, h: Tensor) -> Tensor:
+        return h.to(_acc(h.dtype))
+
+    def _nll(self, h: Tensor, y: Tensor) -> Tensor:
+        """Exact cross-entropy of the evaluation logits, with its log-normaliser: -> ([N], [N])."""
+        he = self._eval_hidden(h)
+        lz = self._log_normalizer(h)
+        zt = (he * self.weight[y].to(he.dtype)).sum(-1)
+        if self.bias is not None:
+            zt = zt + self.bias[y].to(zt.dtype)
+        zt = self._eval_target_logit(he, y, zt).to(lz.dtype)
+        return lz - zt, lz
+
+    def embed(self, hidden: Tensor) -> Tensor:
+        """Verification feature: ``x̂`` (unit norm), [..., d] -> [..., d]."""
+        h = self._flat_hidden(hidden)
+        return _normalize(h, 1e-12).reshape(hidden.shape)
+
+
+class L2ConstrainedSoftmax(_DenseLinearHead):
+    """L2-constrained softmax (Ranjan et al. 2017): features rescaled to norm α before a linear softmax.
+
+    ``logits = W (α x̂) + b``; loss = cross-entropy (the same logits in training and evaluation).
+    α > 0: fixed (default 16) or, with ``learn_alpha=True``, a learnable scalar initialised at
+    ``alpha`` (see :func:`l2_alpha_lower_bound` for the paper's lower bound log(p(V−2)/(1−p))).
+    ``embed`` returns ``x̂``.
+    """
+
+    def __init__(self, in_features: int, num_classes: int, alpha: float = 16.0, learn_alpha: bool = False,
+                 bias: bool = True, eps: float = 1e-12, **kwargs):
+        super().__init__(in_features, num_classes, bias=bias, **kwargs)
+        a = _check_float("alpha", alpha, 0.0, lo_open=True)
+        self.eps = _check_float("eps", eps, 0.0, lo_open=True)
+        if learn_alpha:
+            self.alpha = nn.Parameter(torch.tensor(a))
+        else:
+            self.register_buffer("alpha", torch.tensor(a))
+
+    def _eval_hidden(self, h: Tensor) -> Tensor:
+        return _normalize(h, self.eps) * self.alpha.to(_acc(h.dtype))
+
+    def _train_loss(self, h: Tensor, y: Tensor) -> Tensor:
+        return self._nll(h, y)[0]
+
+    def embed(self, hidden: Tensor) -> Tensor:
+        h = self._flat_hidden(hidden)
+        return _normalize(h, self.eps).reshape(hidden.shape)
+
+    def extra_repr(self) -> str:
+        return f"in_features={self.in_features}, num_classes={self.num_classes}, alpha={float(self.alpha):g}, " \
+               f"learn_alpha={isinstance(self.alpha, nn.Parameter)}, bias={self.bias is not None}"
+
+
+class WeightedSoftmax(_DenseLinearHead):
+    """Class-weighted softmax cross-entropy: ``loss_i = c_{y_i} (logsumexp_j z_ij − z_{i,y_i})``, z = W x + b.
+
+    ``class_weights`` [V] >= 0 (e.g. :func:`inverse_frequency_weights` or :func:`effective_number_weights`),
+    stored as a buffer. Reduction follows ``nn.CrossEntropyLoss(weight=...)``: ``'mean'`` divides by
+    the sum of the kept targets' weights, ``'sum'`` and ``'none'`` return the weighted losses.
+    Evaluation is the unweighted softmax of z.
+    """
+
+    def __init__(self, in_features: int, num_classes: int, class_weights: Union[Tensor, Sequence[float]],
+                 bias: bool = True, **kwargs):
+        super().__init__(in_features, num_classes, bias=bias, **kwargs)
+        if isinstance(class_weights, (str, bytes)) or class_weights is None:
+            raise TypeError("class_weights must be a 1-D tensor or sequence of per-class weights")
+        cw = torch.as_tensor(class_weights)
+        if not (cw.dtype.is_floating_point or cw.dtype in (torch.int32, torch.int64)):
+            raise TypeError(f"class_weights must be real numbers, got dtype {cw.dtype}")
+        cw = cw.to(torch.float32)
+        if tuple(cw.shape) != (num_classes,):
+            raise ValueError(f"class_weights must have shape [num_classes={num_classes}], got {tuple(cw.shape)}")
+        if not bool(torch.isfinite(cw).all()) or bool((cw < 0).any()) or float(cw.sum()) <= 0:
+            raise ValueError("class_weights must be finite, >= 0 and not all zero")
+        self.register_buffer("class_weights", cw)
+
+    def _train_loss(self, h: Tensor, y: Tensor) -> Tensor:
+        nll, _ = self._nll(h, y)
+        return nll * self.class_weights[y].to(nll.dtype)
+
+    def forward(self, hidden: Tensor, target: Tensor) -> Tensor:
+        if not self.training or self.reduction != "mean":
+            return super().forward(hidden, target)
+        h, y = self._flat_pair(hidden, target)
+        keep = y != self.ignore_index
+        h, y = h[keep], y[keep]
+        per = self._train_loss(h, y)
+        return per.sum() / self.class_weights[y].to(per.dtype).sum()  # 0/0 = NaN when all ignored, like torch
+
+
+class SoftSoftmax(_DenseLinearHead):
+    """Softmax with temperature T and label smoothing ε ("soft" softmax).
+
+    ``z = (W x + b) / T``; training loss (as ``F.cross_entropy(z, y, label_smoothing=ε)``)::
+
+        loss = (1 − ε)(logsumexp z − z_y) + ε (logsumexp z − mean_c z_c)
+
+    where ``mean_c z_c = (x · mean_c w_c + mean_c b_c) / T`` costs O(V d), never [N, V].
+    Evaluation uses the same tempered distribution softmax(z). T > 0, ε in [0, 1].
+    """
+
+    def __init__(self, in_features: int, num_classes: int, temperature: float = 1.0, label_smoothing: float = 0.1,
+                 bias: bool = True, **kwargs):
+        super().__init__(in_features, num_classes, bias=bias, **kwargs)
+        self.temperature = _check_float("temperature", temperature, 0.0, lo_open=True)
+        self.label_smoothing = _check_float("label_smoothing", label_smoothing, 0.0, 1.0, hi_open=False)
+
+    def _eval_logits(self, h: Tensor, start: int, stop: int) -> Tensor:
+        return super()._eval_logits(h, start, stop) / self.temperature
+
+    def _eval_target_logit(self, he: Tensor, y: Tensor, z_t: Tensor) -> Tensor:
+        return z_t / self.temperature
+
+    def _train_loss(self, h: Tensor, y: Tensor) -> Tensor:
+        nll, lz = self._nll(h, y)
+        eps = self.label_smoothing
+        if eps == 0.0:
+            return nll
+        he = self._eval_hidden(h)
+        z_mean = he @ self.weight.mean(0).to(he.dtype)
+        if self.bias is not None:
+            z_mean = z_mean + self.bias.mean().to(z_mean.dtype)
+        return (1.0 - eps) * nll + eps * (lz - z_mean.to(lz.dtype) / self.temperature)
+
+    def extra_repr(self) -> str:
+        return (f"in_features={self.in_features}, num_classes={self.num_classes}, temperature={self.temperature}, "
+                f"label_smoothing={self.label_smoothing}, bias={self.bias is not None}")
