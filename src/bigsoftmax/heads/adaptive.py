@@ -1,0 +1,859 @@
+"""Adaptive softmax (Grave et al. 2017, "Efficient softmax approximation for GPUs").
+
+Classes are frequency-sorted (id 0 = most frequent) and split by ``cutoffs`` ``c_1 < ... < c_J``
+into a *shortlist* ``[0, c_1)`` and ``J`` tail clusters ``[c_j, c_{j+1})`` (``c_{J+1} = V``). The
+*head* is a softmax over the ``c_1`` shortlist classes plus one logit per tail cluster; tail
+cluster ``j`` is a softmax over its ``k_j = c_{j+1} - c_j`` classes computed from a low-rank
+projection of the hidden state of width ``d_j = floor(d / div_value**j)``::
+
+    log p(y | h) = log softmax(h @ H.T + b_H)[y]                         y <  c_1
+    log p(y | h) = log softmax(h @ H.T + b_H)[c_1 + j - 1]               y in cluster j
+                   + log softmax((h @ P_j.T) @ T_j.T)[y - c_j]
+
+with ``H [c_1 + J, d]`` (``b_H`` only with ``head_bias=True``), ``P_j [d_j, d]``,
+``T_j [k_j, d_j]``. This is exactly ``torch.nn.AdaptiveLogSoftmaxWithLoss`` (same parameters,
+same numbers: :meth:`AdaptiveSoftmax.from_torch` / :meth:`AdaptiveSoftmax.to_torch` convert both ways)
+and it is an exactly normalised distribution over all ``V`` classes.
+
+What this module adds: the :class:`~bigsoftmax.heads.base.Head` protocol (``ignore_index``,
+``reduction``, ``[..., d]`` inputs), a faster training loss (targets sorted by cluster once, one row
+gather, a fused *linear + logsumexp + target logit* autograd function that never materialises a
+log-softmax or a one-hot gradient, chunked recomputation for the narrow tail clusters), exact
+``target_log_prob`` that evaluates only the clusters present, exact pruned ``topk``, tying of the
+shortlist rows to an input embedding (and of tail rows to an adaptive input), and
+:func:`choose_cutoffs`, which picks cutoffs from class counts with Grave's cost model.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import List, Optional, Sequence, Tuple, Union
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torch.autograd.function import once_differentiable
+
+from .base import Head, chunked_logsumexp, chunked_topk
+
+__all__ = [
+    "AdaptiveSoftmax",
+    "choose_cutoffs",
+    "adaptive_cost",
+    "check_cutoffs",
+    "check_counts",
+    "linear_logsumexp",
+]
+
+
+# =====================================================================================
+# fused  lse = logsumexp(x @ W.T + b),  z_y = (x @ W.T + b)[y]   (exact, memory-light)
+# =====================================================================================
+
+#: scores per class chunk for narrow inputs (4 MiB: stays in cache; fewer, larger ops measured
+#: as fast as 1 MiB chunks and suffer less from thread synchronisation on a loaded machine)
+_CHUNK_ELEMS = 1 << 20
+#: inputs at most this wide recompute their scores in the backward pass by default (their GEMMs
+#: are memory-bound, so rescoring cache-sized chunks beats storing and re-reading [n, o] values)
+_RECOMPUTE_MAX_IN = 64
+_LOG2E = 1.0 / math.log(2.0)
+_LN2 = math.log(2.0)
+
+
+def _autocast_dtype(device_type: str) -> Optional[torch.dtype]:
+    try:
+        if torch.is_autocast_enabled(device_type):
+            return torch.get_autocast_dtype(device_type)
+    except TypeError:  # pragma: no cover - torch < 2.4
+        enabled = torch.is_autocast_cpu_enabled() if device_type == "cpu" else torch.is_autocast_enabled()
+        if enabled:
+            return torch.get_autocast_cpu_dtype() if device_type == "cpu" else torch.get_autocast_gpu_dtype()
+    return None
+
+
+def _class_chunk(n: int, num_classes: int, in_features: int) -> int:
+    """Classes per chunk: about 2^20 scores for narrow inputs, whose GEMMs are memory-bound;
+    about 2^21 (8 MiB) for wide ones, whose GEMMs need large panels to run fast."""
+    elems = _CHUNK_ELEMS if in_features <= _RECOMPUTE_MAX_IN else 2 * _CHUNK_ELEMS
+    return int(min(num_classes, max(256, elems // max(n, 1))))
+
+
+def _scores2(x: Tensor, w: Tensor, b: Optional[Tensor], acc: torch.dtype, shift: Optional[Tensor] = None) -> Tensor:
+    """Base-2 scores ``log2(e) * (x @ w.T + b) - shift``, the scale folded into the GEMM's alpha
+    (exp2 is several times faster than exp on CPU, at the same accuracy); ``shift`` [n, 1] is
+    subtracted in the GEMM's epilogue (fp32/fp64 only)."""
+    if shift is not None and x.dtype == acc:
+        if b is None:
+            return torch.addmm(shift.neg(), x, w.t(), alpha=_LOG2E)
+        return torch.addmm(b[None, :] - shift / _LOG2E, x, w.t(), beta=_LOG2E, alpha=_LOG2E)
+    if b is None:
+        z = torch.addmm(x.new_zeros(()), x, w.t(), beta=0.0, alpha=_LOG2E)
+    else:
+        z = torch.addmm(b, x, w.t(), beta=_LOG2E, alpha=_LOG2E)
+    z = z.to(acc)
+    return z if shift is None else z.sub_(shift)
+
+
+def _target_logit(x: Tensor, w: Tensor, b: Optional[Tensor], y: Tensor, acc: torch.dtype) -> Tensor:
+    zt = torch.einsum("nk,nk->n", x.to(acc), w.index_select(0, y).to(acc))
+    if b is not None:
+        zt = zt + b.index_select(0, y).to(acc)
+    return zt
+
+
+def _lse2_stream(x: Tensor, w: Tensor, b: Optional[Tensor], acc: torch.dtype, chunk: int) -> Tensor:
+    """Base-2 logsumexp over classes, chunk by chunk (O(n * chunk) memory).
+
+    Each chunk keeps its own row max ``m_c`` and ``s_c = sum exp2(z - m_c)``; the chunks are
+    combined once at the end, ``lse2 = M + log2(sum_c s_c exp2(m_c - M))`` with ``M = max_c m_c``
+    (four kernels per chunk instead of an online update's eight).
+    """
+    ms, ss = [], []
+    for s in range(0, w.shape[0], chunk):
+        e = min(s + chunk, w.shape[0])
+        z = _scores2(x, w[s:e], None if b is None else b[s:e], acc)
+        m = z.amax(dim=1)
+        ms.append(m)
+        ss.append(z.sub_(m[:, None]).exp2_().sum(dim=1))
+    if len(ms) == 1:
+        return ms[0] + torch.log2(ss[0])
+    m = torch.stack(ms, dim=1)
+    top = m.amax(dim=1)
+    return top + torch.log2((torch.stack(ss, dim=1) * torch.exp2(m - top[:, None])).sum(dim=1))
+
+
+class _LinearLogSumExp(torch.autograd.Function):
+    """(x [n,k], W [o,k], b [o]|None, y [n]|None) -> (lse [n], z_y [n]) in the accumulation dtype.
+
+    Gradients: d lse / d z = softmax(z) and d z_y / d z = onehot(y), so with upstream (g, g_t)
+    the logit gradient is ``softmax(z) * g[:, None] + onehot(y) * g_t[:, None]``. Only the dense
+    first part touches [n, o]; the target part is applied to x, W[y], b[y] directly (O(n k)).
+    Two modes: *stored* keeps ``exp(z - max)`` [n, o] and its row sums from the forward (three
+    GEMMs in all); *recompute* keeps only ``lse`` and rescores cache-sized class chunks in the
+    backward (four GEMMs, O(n * chunk) memory; the default for narrow inputs, whose GEMMs are
+    memory-bound).
+    """
+
+    @staticmethod
+    def forward(ctx, x, w, b, y, recompute, chunk, cd, acc):
+        x_c, w_c = x.to(cd), w.to(cd)
+        b_c = None if b is None else b.to(cd)
+        zt = None if y is None else _target_logit(x_c, w_c, b_c, y, acc)
+        if recompute:
+            lse2 = _lse2_stream(x_c, w_c, b_c, acc, chunk)
+            ctx.save_for_backward(x, w, b, y, lse2)
+        else:
+            e = _scores2(x_c, w_c, b_c, acc)
+            m = e.amax(dim=1)
+            e.sub_(m[:, None]).exp2_()  # in place: exp(z - max), values in (0, 1]
+            s = e.sum(dim=1)
+            lse2 = m + torch.log2(s)
+            ctx.save_for_backward(x, w, b, y, lse2, e, s)
+        ctx.stored = not recompute
+        ctx.cfg = (chunk, cd, acc)
+        if zt is None:
+            zt = lse2.new_zeros(0)
+            ctx.mark_non_differentiable(zt)
+        return lse2 * _LN2, zt
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, g_lse, g_t):
+        chunk, cd, acc = ctx.cfg
+        if ctx.stored:
+            x, w, b, y, lse2, e, s = ctx.saved_tensors
+        else:
+            x, w, b, y, lse2 = ctx.saved_tensors
+        need_x, need_w, need_b = ctx.needs_input_grad[:3]
+        need_b = need_b and b is not None
+        x_c, w_c = x.to(cd), w.to(cd)
+        b_c = None if b is None else b.to(cd)
+        o = w.shape[0]
+        dense = g_lse is not None and x.shape[0] > 0
+        # every class chunk writes its own rows of gw / gb: no zero fill needed when dense
+        new_w = torch.empty if dense else torch.zeros
+        gx = torch.zeros(x.shape, dtype=cd, device=x.device) if need_x else None
+        gw = new_w(w.shape, dtype=cd, device=w.device) if need_w else None
+        gb = new_w(o, dtype=acc, device=w.device) if need_b else None
+        if dense and (need_x or need_w or need_b):
+            if ctx.stored:
+                # one full-width pass: these GEMMs are compute-bound, large ones run fastest
+                gz = e * (g_lse.to(acc) / s)[:, None]
+                spans = [(0, o, gz)]
+            else:
+                g = g_lse.to(acc)
+                # fold a positive upstream into the exponent (one pass fewer per chunk):
+                # softmax(z) * g = exp2(z2 - (lse2 - log2 g))
+                fold = bool((g > 0).all())
+                shift = (lse2 - torch.log2(g))[:, None] if fold else lse2[:, None]
+                g_col = None if fold else g[:, None]
+                spans = range(0, o, chunk)
+            for sp in spans:
+                if ctx.stored:
+                    st, en, gz = sp
+                else:
+                    st, en = sp, min(sp + chunk, o)
+                    gz = _scores2(x_c, w_c[st:en], None if b_c is None else b_c[st:en], acc, shift=shift)
+                    gz.exp2_()  # softmax(z) * g
+                    if g_col is not None:
+                        gz.mul_(g_col)
+                if gb is not None:
+                    torch.sum(gz, dim=0, out=gb[st:en])
+                gz = gz.to(cd)
+                if gx is not None:
+                    gx.addmm_(gz, w_c[st:en])
+                if gw is not None:
+                    torch.mm(gz.t(), x_c, out=gw[st:en])
+        if y is not None and g_t is not None and g_t.numel():
+            gt = g_t.to(cd)[:, None]
+            if gx is not None:
+                gx.add_(w_c.index_select(0, y) * gt)
+            if gw is not None:
+                gw.index_add_(0, y, x_c * gt)
+            if gb is not None:
+                gb.index_add_(0, y, g_t.to(acc))
+        gx = None if gx is None else gx.to(x.dtype)
+        gw = None if gw is None else gw.to(w.dtype)
+        gb = None if gb is None else gb.to(b.dtype)
+        return gx, gw, gb, None, None, None, None, None
+
+
+def linear_logsumexp(
+    x: Tensor,
+    weight: Tensor,
+    bias: Optional[Tensor] = None,
+    target: Optional[Tensor] = None,
+    *,
+    recompute: Optional[bool] = None,
+    chunk: Optional[int] = None,
+) -> Tuple[Tensor, Optional[Tensor]]:
+    """Fused, exact ``lse = logsumexp(x @ W.T + b, -1)`` and target logit ``z_y = (x @ W.T + b)[y]``.
+
+    Shapes: x [n, k], weight [o, k], bias [o] or None, target [n] int64 or None. Returns
+    ``(lse [n], z_y [n] or None)`` in ``promote(dtype, float32)``; both are differentiable, so
+    ``z_y - lse`` is the log-softmax at the target (cross-entropy ``lse - z_y``) and ``lse`` alone
+    the log-normaliser (e.g. a self-normalisation penalty ``alpha * lse**2``). Neither the [n, o]
+    log-softmax nor its one-hot gradient is built: the backward forms ``softmax(z) * g`` directly.
+
+    ``recompute`` (default: ``k <= 64``): keep only ``lse`` and rescore class chunks of ``chunk``
+    classes (default about 2^20 / n, or 2^21 / n for k > 64) in the backward — peak extra memory
+    O(n * chunk), one extra GEMM; otherwise keep ``exp(z - max)`` [n, o] (as much memory as autograd through
+    ``log_softmax`` would). Without grad the forward always streams over chunks. Under autocast
+    the GEMMs run in the autocast dtype and the softmax statistics in fp32. Not twice
+    differentiable.
+    """
+    cd = _autocast_dtype(x.device.type) or torch.promote_types(x.dtype, weight.dtype)
+    acc = torch.promote_types(cd, torch.float32)
+    n, o = x.shape[0], weight.shape[0]
+    if chunk is None:
+        chunk = _class_chunk(n, o, x.shape[1])
+    y = None if target is None else target.reshape(-1).long()
+    grad = torch.is_grad_enabled() and (
+        x.requires_grad or weight.requires_grad or (bias is not None and bias.requires_grad)
+    )
+    if not grad:
+        with torch.autocast(x.device.type, enabled=False):
+            x_c, w_c = x.to(cd), weight.to(cd)
+            b_c = None if bias is None else bias.to(cd)
+            if n:
+                lse = _lse2_stream(x_c, w_c, b_c, acc, chunk) * _LN2
+            else:
+                lse = x.new_zeros(0, dtype=acc)
+            zt = None if y is None else _target_logit(x_c, w_c, b_c, y, acc)
+        return lse, zt
+    if recompute is None:
+        recompute = x.shape[1] <= _RECOMPUTE_MAX_IN
+    with torch.autocast(x.device.type, enabled=False):
+        lse, zt = _LinearLogSumExp.apply(x, weight, bias, y, bool(recompute), int(chunk), cd, acc)
+    return lse, (zt if y is not None else None)
+
+
+# =====================================================================================
+# validation helpers
+# =====================================================================================
+
+
+def check_cutoffs(cutoffs, num_classes: int, name: str = "cutoffs") -> List[int]:
+    """Return ``cutoffs`` as a list of ints, or raise: they must be strictly increasing in (0, V)."""
+    if isinstance(cutoffs, Tensor):
+        cutoffs = cutoffs.tolist()
+    try:
+        cl = list(cutoffs)
+    except TypeError:
+        raise TypeError(f"{name} must be a sequence of ints, got {type(cutoffs).__name__}") from None
+    if len(cl) == 0:
+        raise ValueError(f"{name} must hold at least one cutoff in (0, {num_classes}), got []")
+    out = []
+    for c in cl:
+        if isinstance(c, bool) or not isinstance(c, (int, np.integer)):
+            if isinstance(c, float) and float(c).is_integer():
+                c = int(c)
+            else:
+                raise TypeError(f"{name} must hold ints, got {c!r} in {cl}")
+        out.append(int(c))
+    for a, b in zip(out, out[1:]):
+        if b <= a:
+            raise ValueError(f"{name} must be strictly increasing, got {out} ({b} after {a})")
+    if out[0] <= 0 or out[-1] >= num_classes:
+        raise ValueError(
+            f"every cutoff must lie in (0, num_classes={num_classes}) i.e. 1..{num_classes - 1}, got {out}"
+        )
+    return out
+
+
+def check_counts(counts, num_classes: Optional[int] = None, name: str = "counts") -> np.ndarray:
+    """Validate class counts for frequency-sorted ids; returns a float64 numpy array.
+
+    counts [V]: finite, positive, and non-increasing (id 0 = most frequent), of length
+    ``num_classes`` when given.
+    """
+    if isinstance(counts, Tensor):
+        arr = counts.detach().cpu().double().numpy()
+    else:
+        try:
+            arr = np.asarray(counts, dtype=np.float64)
+        except (TypeError, ValueError):
+            raise TypeError(f"{name} must be a 1-D sequence/tensor of class counts") from None
+    if arr.ndim != 1:
+        raise ValueError(f"{name} must be 1-D (one count per class), got shape {tuple(arr.shape)}")
+    if num_classes is not None and arr.shape[0] != num_classes:
+        raise ValueError(f"{name} must have length num_classes={num_classes}, got {arr.shape[0]}")
+    if arr.shape[0] < 2:
+        raise ValueError(f"{name} must cover at least 2 classes, got {arr.shape[0]}")
+    if not np.all(np.isfinite(arr)):
+        raise ValueError(f"{name} must be finite")
+    bad = np.nonzero(arr <= 0)[0]
+    if bad.size:
+        raise ValueError(f"{name} must be positive, got {arr[bad[0]]!r} at class id {int(bad[0])}")
+    inc = np.nonzero(np.diff(arr) > 0)[0]
+    if inc.size:
+        i = int(inc[0])
+        raise ValueError(
+            f"{name} must be non-increasing: class ids are assumed frequency-sorted (0 = most frequent), "
+            f"but counts[{i}]={arr[i]!r} < counts[{i + 1}]={arr[i + 1]!r}; sort your vocabulary by "
+            "frequency first (bigsoftmax.data does)"
+        )
+    return arr
+
+
+def _tail_dims(in_features: int, div_value: float, num_clusters: int) -> List[int]:
+    # exactly torch.nn.AdaptiveLogSoftmaxWithLoss: int(in_features // div_value ** (i + 1))
+    return [int(in_features // (div_value ** (i + 1))) for i in range(num_clusters)]
+
+
+def _check_div(div_value) -> float:
+    if isinstance(div_value, bool) or not isinstance(div_value, (int, float)) or not (
+        math.isfinite(div_value) and div_value > 0
+    ):
+        raise ValueError(f"div_value must be a positive finite number, got {div_value!r}")
+    return float(div_value)
+
+
+# =====================================================================================
+# cutoff selection from counts (Grave et al. 2017, section 4 cost model)
+# =====================================================================================
+
+
+def adaptive_cost(
+    counts,
+    cutoffs: Sequence[int],
+    in_features: int,
+    div_value: float = 4.0,
+    batch_size: int = 1024,
+    min_gemm_flops: float = 0.0,
+    gemm_overhead: float = 0.0,
+) -> float:
+    """Expected forward cost (multiply-adds) of one adaptive-softmax batch under Grave's model.
+
+    With class probabilities ``p = counts / sum(counts)``, tail masses ``p_j`` and sizes ``k_j``,
+    batch ``B``, head size ``c_1 + J`` and tail widths ``d_j = floor(d / div**j)``::
+
+        C = g(B, c_1 + J, d) + sum_j [ g(B p_j, d_j, d) + g(B p_j, k_j, d_j) ]
+        g(rows, cols, inner) = gemm_overhead + max(min_gemm_flops, rows * cols * inner)
+
+    Defaults (``0, 0``) give the plain FLOP model (then ``B`` cancels out of the argmin). Positive
+    values give Grave et al.'s GPU model ``g(k, B) = c + max(lambda k_0 B_0, lambda k B)``: a GEMM
+    below the saturation size costs as much as one of that size, plus a fixed launch cost per GEMM;
+    both favour fewer, larger clusters. The backward pass repeats the same GEMMs twice, so the
+    training cost is about 3C and has the same argmin. A cluster that no row reaches is still
+    charged (``B p_j`` is an expectation).
+    """
+    p = check_counts(counts)
+    V = p.shape[0]
+    cut = check_cutoffs(cutoffs, V)
+    p = p / p.sum()
+    bounds = cut + [V]
+    cum = np.concatenate([[0.0], np.cumsum(p)])
+    dims = _tail_dims(in_features, div_value, len(cut))
+    B = float(batch_size)
+    cost = _gemm_cost(B, cut[0] + len(cut), in_features, min_gemm_flops, gemm_overhead)
+    for j in range(len(cut)):
+        rows = B * (cum[bounds[j + 1]] - cum[bounds[j]])
+        cost += _gemm_cost(rows, dims[j], in_features, min_gemm_flops, gemm_overhead)
+        cost += _gemm_cost(rows, bounds[j + 1] - bounds[j], dims[j], min_gemm_flops, gemm_overhead)
+    return float(cost)
+
+
+def _gemm_cost(rows, cols, inner, min_gemm_flops: float, gemm_overhead: float):
+    """g(rows, cols, inner) of :func:`adaptive_cost` (works on numpy arrays)."""
+    return float(gemm_overhead) + np.maximum(float(min_gemm_flops), rows * cols * inner)
+
+
+def _next_min(G: np.ndarray, thr: np.ndarray, increasing: bool):
+    """For every (a, b): min and argmin over c of G[b, c], with c >= thr[a, b] when ``increasing``."""
+    n = G.shape[0]
+    if increasing:
+        # suffix minimum (and its argmin) along c, then look it up at c = thr[a, b]
+        rev = G[:, ::-1]
+        suf = np.minimum.accumulate(rev, axis=1)[:, ::-1]
+        # argmin of the suffix: the last position where the running minimum was attained (from the right)
+        idx_rev = np.arange(n)[None, :].repeat(n, 0)
+        hit = rev == np.minimum.accumulate(rev, axis=1)
+        arg_rev = np.maximum.accumulate(np.where(hit, idx_rev, 0), axis=1)
+        sarg = (n - 1 - arg_rev)[:, ::-1]
+        suf = np.concatenate([suf, np.full((n, 1), np.inf)], axis=1)
+        sarg = np.concatenate([sarg, np.full((n, 1), n - 1)], axis=1)
+        t = np.minimum(thr, n)
+        rows = np.arange(n)[None, :]  # b
+        return suf[rows, t], sarg[rows, t]
+    mn, am = G.min(axis=1), G.argmin(axis=1)
+    return np.broadcast_to(mn[None, :], G.shape), np.broadcast_to(am[None, :], G.shape)
+
+
+def choose_cutoffs(
+    counts,
+    in_features: int,
+    num_clusters: Optional[int] = None,
+    div_value: float = 4.0,
+    batch_size: int = 1024,
+    min_gemm_flops: float = 0.0,
+    gemm_overhead: float = 0.0,
+    min_head_mass: float = 0.0,
+    increasing_sizes: bool = True,
+    max_clusters: int = 4,
+    min_tail_dim: int = 4,
+    num_candidates: int = 384,
+) -> List[int]:
+    """Cutoffs minimising :func:`adaptive_cost` for frequency-sorted class ``counts`` [V].
+
+    Exact dynamic programme over ``M = num_candidates`` log-spaced candidate positions in
+    [1, V-1] (every position when V - 1 <= M): with ``T_j(a, b)`` the cost of tail cluster j
+    spanning candidates a..b, ``F_J(a) = T_J(a, V)``, ``F_j(a) = min_{b > a} T_j(a, b) + F_{j+1}(b)``,
+    and the answer ``argmin_a head(a) + F_1(a)``; O(J M^2) time, vectorised (well under a second for
+    V = 10^6). ``num_clusters=None`` tries every J in 1..``max_clusters`` whose narrowest tail keeps
+    ``d_J = floor(d / div**J) >= min_tail_dim`` and keeps the cheapest. ``min_head_mass`` restricts the
+    shortlist to cover at least that fraction of the counts — the cost model sees compute only,
+    not model quality, and its optimum puts few classes in the full-rank head (docs/adaptive.md).
+
+    Returns a strictly increasing list of ints in (0, V).
+    """
+    p = check_counts(counts)
+    V = p.shape[0]
+    if isinstance(in_features, bool) or not isinstance(in_features, int) or in_features < 1:
+        raise ValueError(f"in_features must be a positive int, got {in_features!r}")
+    div_value = _check_div(div_value)
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
+    if isinstance(num_candidates, bool) or not isinstance(num_candidates, int) or num_candidates < 2:
+        raise ValueError(f"num_candidates must be an int >= 2, got {num_candidates!r}")
+    for name, val in (("min_gemm_flops", min_gemm_flops), ("gemm_overhead", gemm_overhead)):
+        if not (isinstance(val, (int, float)) and math.isfinite(val) and val >= 0):
+            raise ValueError(f"{name} must be a finite number >= 0, got {val!r}")
+    if not (isinstance(min_head_mass, (int, float)) and 0.0 <= min_head_mass < 1.0):
+        raise ValueError(f"min_head_mass must be in [0, 1), got {min_head_mass!r}")
+    if num_clusters is None:
+        if isinstance(max_clusters, bool) or not isinstance(max_clusters, int) or max_clusters < 1:
+            raise ValueError(f"max_clusters must be an int >= 1, got {max_clusters!r}")
+        js = [j for j in range(1, max_clusters + 1) if _tail_dims(in_features, div_value, j)[-1] >= min_tail_dim]
+        js = [j for j in js if j <= V - 1] or [1]
+    else:
+        if isinstance(num_clusters, bool) or not isinstance(num_clusters, int) or not 1 <= num_clusters <= V - 1:
+            raise ValueError(f"num_clusters must be an int in [1, {V - 1}] (V - 1), got {num_clusters!r}")
+        js = [num_clusters]
+    p = p / p.sum()
+    cum = np.concatenate([[0.0], np.cumsum(p)])
+
+    if V - 1 <= num_candidates:
+        cand = np.arange(1, V, dtype=np.int64)
+    else:
+        cand = np.unique(np.round(np.geomspace(1, V - 1, num_candidates)).astype(np.int64))
+    M = len(cand)
+    pos = np.concatenate([cand, [V]]).astype(np.float64)  # index M stands for V
+    mass = np.concatenate([cum[cand], [1.0]])
+    span_mass = mass[None, :] - mass[:, None]  # [M+1, M+1]: mass of [pos[a], pos[b])
+    span_size = pos[None, :] - pos[:, None]
+    valid = span_size > 0
+    B = float(batch_size)
+    head_ok = cum[cand] >= min_head_mass - 1e-12
+    if not head_ok.any():
+        raise ValueError(f"no cutoff below V gives the shortlist min_head_mass={min_head_mass}")
+
+    # thr[a, b]: first candidate c whose cluster [pos[b], pos[c]) is at least as large as [pos[a], pos[b])
+    thr = np.searchsorted(pos, 2.0 * pos[None, :] - pos[:, None], side="left")  # [M+1, M+1]
+    best = None
+    for J in js:
+        if M < J:
+            continue
+        dims = _tail_dims(in_features, div_value, J)
+        # Gs[j][a, b]: cheapest cost of tail clusters j..J when cluster j spans [pos[a], pos[b])
+        Gs: List[np.ndarray] = [None] * J
+        for j in range(J - 1, -1, -1):
+            rows = B * span_mass
+            tc = _gemm_cost(rows, dims[j], in_features, min_gemm_flops, gemm_overhead) + _gemm_cost(
+                rows, span_size, dims[j], min_gemm_flops, gemm_overhead
+            )
+            tc = np.where(valid, tc, np.inf)
+            if j == J - 1:
+                G = np.full_like(tc, np.inf)
+                G[:, M] = tc[:, M]  # the last cluster ends at V
+            else:
+                G = tc + _next_min(Gs[j + 1], thr, increasing_sizes)[0]
+            Gs[j] = G
+        head = _gemm_cost(B, cand + J, in_features, min_gemm_flops, gemm_overhead)
+        total = np.where(head_ok[:, None], head[:, None] + Gs[0][:M, :], np.inf)
+        a, b = np.unravel_index(int(np.argmin(total)), total.shape)
+        cost = float(total[a, b])
+        if not np.isfinite(cost):
+            continue
+        cut = [int(pos[a])]
+        for j in range(1, J):
+            cut.append(int(pos[b]))
+            arg = _next_min(Gs[j], thr, increasing_sizes)[1]
+            a, b = b, int(arg[a, b])
+        if best is None or cost < best[0]:
+            best = (cost, cut)
+    if best is None:
+        raise ValueError(f"cannot place {js} tail cluster(s) among {V} classes with these constraints")
+    return best[1]
+
+
+# =====================================================================================
+# the head
+# =====================================================================================
+
+
+def _as_param(obj, name: str) -> nn.Parameter:
+    w = getattr(obj, "weight", obj)
+    if not isinstance(w, nn.Parameter):
+        raise TypeError(
+            f"{name} must be an nn.Parameter or a module with a .weight Parameter (e.g. nn.Embedding), "
+            f"got {type(obj).__name__}"
+        )
+    return w
+
+
+class AdaptiveSoftmax(Head):
+    """Adaptive softmax head (Grave et al. 2017), ``torch.nn.AdaptiveLogSoftmaxWithLoss``-compatible.
+
+    Args:
+        in_features: d. num_classes: V (ids frequency-sorted, 0 = most frequent).
+        cutoffs: strictly increasing ints in (0, V); ``None`` chooses them from ``counts`` with
+            :func:`choose_cutoffs`.
+        div_value: tail cluster j (1-based) projects to ``floor(d / div_value**j)`` dims.
+        head_bias: bias on the head logits (shortlist + cluster logits), as in torch.
+        counts: [V] class counts (non-increasing); validated whenever given.
+        ignore_index, reduction: as ``nn.CrossEntropyLoss``.
+        tie_weight: an ``nn.Embedding`` (or a Parameter) ``[V_in >= cutoffs[0], d]``: the head's
+            shortlist rows become the view ``tie_weight[:cutoffs[0]]`` (shared, gradients flow).
+        tie_tail: optional sequence of J Parameters/modules ``[k_j, d_j]`` (e.g. an adaptive input
+            embedding's clusters, Baevski & Auli 2019) used as the tail output matrices.
+        generator: torch.Generator for the initialisation (uniform(+-1/sqrt(fan_in)) like nn.Linear).
+
+    Parameters: ``head_weight [c_1 + J, d]`` (or ``cluster_weight [J, d]`` with tied shortlist),
+    ``head_bias_param [c_1 + J]``, ``tail_proj[j] [d_j, d]``, ``tail_weight[j] [k_j, d_j]``.
+    """
+
+    def __init__(
+        self,
+        in_features: int,
+        num_classes: int,
+        cutoffs: Optional[Sequence[int]] = None,
+        div_value: float = 4.0,
+        head_bias: bool = False,
+        counts=None,
+        ignore_index: int = -100,
+        reduction: str = "mean",
+        tie_weight: Union[nn.Module, nn.Parameter, None] = None,
+        tie_tail: Optional[Sequence[Union[nn.Module, nn.Parameter]]] = None,
+        generator: Optional[torch.Generator] = None,
+        device=None,
+        dtype=None,
+    ):
+        super().__init__(in_features, num_classes, ignore_index=ignore_index, reduction=reduction)
+        self.div_value = _check_div(div_value)
+        if counts is not None:
+            check_counts(counts, num_classes)
+        if cutoffs is None:
+            if counts is None:
+                raise ValueError("give cutoffs (strictly increasing ints in (0, num_classes)) or counts to choose them")
+            cutoffs = choose_cutoffs(counts, in_features, div_value=self.div_value)
+        cut = check_cutoffs(cutoffs, num_classes)
+        self.cutoffs = cut  # user cutoffs, without V (torch's module stores cut + [V])
+        self.shortlist_size = cut[0]
+        self.n_clusters = len(cut)
+        self.head_size = self.shortlist_size + self.n_clusters
+        self.head_bias = bool(head_bias)
+        bounds = cut + [num_classes]
+        self.cluster_sizes = [bounds[j + 1] - bounds[j] for j in range(self.n_clusters)]
+        self.tail_dims = _tail_dims(in_features, self.div_value, self.n_clusters)
+        fk = {"device": device, "dtype": dtype}
+        self.register_buffer("_bounds", torch.tensor(bounds, dtype=torch.long, device=device), persistent=False)
+
+        # head: shortlist rows (own or tied view) + one row per tail cluster
+        if tie_weight is not None:
+            tw = _as_param(tie_weight, "tie_weight")
+            if tw.dim() != 2 or tw.shape[1] != in_features or tw.shape[0] < self.shortlist_size:
+                raise ValueError(
+                    f"tie_weight must be [V_in >= cutoffs[0]={self.shortlist_size}, in_features={in_features}], "
+                    f"got {tuple(tw.shape)}"
+                )
+            self.tied_weight = tw  # registered: the same Parameter object as the embedding's
+            self.head_weight = None
+            self.cluster_weight = nn.Parameter(torch.empty(self.n_clusters, in_features, **fk))
+        else:
+            self.tied_weight = None
+            self.head_weight = nn.Parameter(torch.empty(self.head_size, in_features, **fk))
+            self.cluster_weight = None
+        self.head_bias_param = nn.Parameter(torch.empty(self.head_size, **fk)) if self.head_bias else None
+
+        self.tail_proj = nn.ParameterList(
+            [nn.Parameter(torch.empty(dj, in_features, **fk)) for dj in self.tail_dims]
+        )
+        if tie_tail is not None:
+            tie_tail = list(tie_tail)
+            if len(tie_tail) != self.n_clusters:
+                raise ValueError(
+                    f"tie_tail must hold {self.n_clusters} matrices (one per tail cluster), got {len(tie_tail)}"
+                )
+            ws = []
+            for j, t in enumerate(tie_tail):
+                w = _as_param(t, f"tie_tail[{j}]")
+                if tuple(w.shape) != (self.cluster_sizes[j], self.tail_dims[j]):
+                    raise ValueError(
+                        f"tie_tail[{j}] must be [{self.cluster_sizes[j]}, {self.tail_dims[j]}] "
+                        f"(cluster size, floor(d / div_value**{j + 1})), got {tuple(w.shape)}"
+                    )
+                ws.append(w)
+            self.tail_weight = nn.ParameterList(ws)
+            self._tail_tied = True
+        else:
+            self.tail_weight = nn.ParameterList(
+                [nn.Parameter(torch.empty(k, dj, **fk)) for k, dj in zip(self.cluster_sizes, self.tail_dims)]
+            )
+            self._tail_tied = False
+        self.reset_parameters(generator)
+
+    # ------------------------------------------------------------------ parameters
+    @torch.no_grad()
+    def reset_parameters(self, generator: Optional[torch.Generator] = None) -> None:
+        """nn.Linear's default init: uniform(-1/sqrt(fan_in), 1/sqrt(fan_in)); tied weights untouched."""
+
+        def uni(t: Tensor, fan_in: int):
+            if t.numel() and fan_in > 0:
+                bound = 1.0 / math.sqrt(fan_in)
+                t.uniform_(-bound, bound, generator=generator)
+
+        d = self.in_features
+        uni(self.head_weight if self.head_weight is not None else self.cluster_weight, d)
+        if self.head_bias_param is not None:
+            uni(self.head_bias_param, d)
+        for p in self.tail_proj:
+            uni(p, d)
+        if not self._tail_tied:
+            for p, dj in zip(self.tail_weight, self.tail_dims):
+                uni(p, dj)
+
+    @property
+    def shortlist_weight(self) -> Tensor:
+        """[c_1, d] shortlist output rows (a view of the tied embedding when tied)."""
+        if self.tied_weight is not None:
+            return self.tied_weight[: self.shortlist_size]
+        return self.head_weight[: self.shortlist_size]
+
+    def full_head_weight(self) -> Tensor:
+        """[c_1 + J, d] head matrix (shortlist rows, then one row per tail cluster)."""
+        if self.tied_weight is None:
+            return self.head_weight
+        return torch.cat([self.tied_weight[: self.shortlist_size], self.cluster_weight], dim=0)
+
+    def extra_repr(self) -> str:
+        return (
+            f"in_features={self.in_features}, num_classes={self.num_classes}, cutoffs={self.cutoffs}, "
+            f"div_value={self.div_value}, head_bias={self.head_bias}, tail_dims={self.tail_dims}, "
+            f"tied={self.tied_weight is not None}, ignore_index={self.ignore_index}, reduction={self.reduction!r}"
+        )
+
+    # ------------------------------------------------------------------ torch interop
+    @classmethod
+    def from_torch(cls, module: nn.AdaptiveLogSoftmaxWithLoss, **kwargs) -> "AdaptiveSoftmax":
+        """Copy of a ``torch.nn.AdaptiveLogSoftmaxWithLoss`` (same numbers); kwargs go to the constructor.
+
+        With ``tie_weight=embedding`` the module's shortlist rows are copied *into* the first
+        ``cutoffs[0]`` rows of the embedding (they are the same parameter afterwards); with
+        ``tie_tail=...`` the tail matrices are copied into the given parameters.
+        """
+        if not isinstance(module, nn.AdaptiveLogSoftmaxWithLoss):
+            raise TypeError(f"module must be a torch.nn.AdaptiveLogSoftmaxWithLoss, got {type(module).__name__}")
+        w = module.head.weight
+        head = cls(
+            module.in_features,
+            module.n_classes,
+            cutoffs=module.cutoffs[:-1],
+            div_value=module.div_value,
+            head_bias=module.head_bias,
+            device=w.device,
+            dtype=w.dtype,
+            **kwargs,
+        )
+        with torch.no_grad():
+            if head.tied_weight is not None:
+                head.tied_weight[: head.shortlist_size].copy_(w[: head.shortlist_size])
+                head.cluster_weight.copy_(w[head.shortlist_size :])
+            else:
+                head.head_weight.copy_(w)
+            if head.head_bias_param is not None:
+                head.head_bias_param.copy_(module.head.bias)
+            for j, (i2h, h2o) in enumerate(module.tail):
+                head.tail_proj[j].copy_(i2h.weight)
+                head.tail_weight[j].copy_(h2o.weight)
+        return head
+
+    def to_torch(self) -> nn.AdaptiveLogSoftmaxWithLoss:
+        """A ``torch.nn.AdaptiveLogSoftmaxWithLoss`` holding copies of these weights."""
+        w = self.full_head_weight()
+        m = nn.AdaptiveLogSoftmaxWithLoss(
+            self.in_features,
+            self.num_classes,
+            self.cutoffs,
+            div_value=self.div_value,
+            head_bias=self.head_bias,
+            device=w.device,
+            dtype=w.dtype,
+        )
+        with torch.no_grad():
+            m.head.weight.copy_(w)
+            if self.head_bias_param is not None:
+                m.head.bias.copy_(self.head_bias_param)
+            for j, (i2h, h2o) in enumerate(m.tail):
+                i2h.weight.copy_(self.tail_proj[j])
+                h2o.weight.copy_(self.tail_weight[j])
+        return m
+
+    # ------------------------------------------------------------------ math
+    def _cluster_of(self, y: Tensor) -> Tensor:
+        """[N] cluster index: 0 = shortlist, j = tail cluster j (1-based)."""
+        return torch.bucketize(y, self._bounds[:-1].to(y.device), right=True)
+
+    def _head_logits(self, h: Tensor) -> Tensor:
+        return F.linear(h, self.full_head_weight(), self.head_bias_param)
+
+    def _tail_logits(self, h: Tensor, j: int) -> Tensor:
+        """[n, k_j] logits of tail cluster j (0-based) for hidden rows h [n, d]."""
+        return F.linear(F.linear(h, self.tail_proj[j]), self.tail_weight[j])
+
+    def _loss(self, h: Tensor, y: Tensor) -> Tensor:
+        return -self._target_log_prob(h, y)
+
+    def _target_log_prob(self, h: Tensor, y: Tensor) -> Tensor:
+        """log p(y | h) [N] evaluating only the tail clusters present (one sort, one row gather).
+
+        head part: ``z_H[t] - lse_H`` with t = y (shortlist) or c_1 + j - 1 (cluster j), via the fused
+        :func:`linear_logsumexp`; tail part for the rows of cluster j (contiguous after a stable sort
+        by cluster): ``z_j[y - c_j] - lse_j`` on ``x_j = h_rows @ P_j.T``.
+        """
+        N = h.shape[0]
+        acc = torch.promote_types(h.dtype, torch.float32)
+        if N == 0:
+            return h.new_zeros(0, dtype=acc) + h.sum() * 0
+        cid = self._cluster_of(y)
+        head_t = torch.where(cid == 0, y, cid + (self.shortlist_size - 1))
+        lse_h, zt_h = linear_logsumexp(h, self.full_head_weight(), self.head_bias_param, head_t)
+        out = zt_h - lse_h
+        counts = torch.bincount(cid, minlength=self.n_clusters + 1).tolist()
+        if sum(counts[1:]) == 0:
+            return out
+        order = torch.argsort(cid, stable=True)
+        n0 = counts[0]
+        rows = order[n0:]
+        h_t = h.index_select(0, rows)  # every tail row, grouped by cluster
+        rel = y.index_select(0, rows) - self._bounds.index_select(0, cid.index_select(0, rows) - 1)
+        parts = []
+        start = 0
+        for j in range(self.n_clusters):
+            c = counts[j + 1]
+            if c == 0:
+                continue
+            x = F.linear(h_t[start : start + c], self.tail_proj[j])
+            lse, zt = linear_logsumexp(x, self.tail_weight[j], None, rel[start : start + c])
+            parts.append(zt - lse)
+            start += c
+        tail_lp = torch.cat(parts) if len(parts) > 1 else parts[0]
+        return out.index_add(0, rows, tail_lp.to(out.dtype))
+
+    def _log_prob(self, h: Tensor) -> Tensor:
+        """[N, V] exact log-probabilities (shortlist from the head; tails add the cluster log-prob)."""
+        acc = torch.promote_types(h.dtype, torch.float32)
+        head_lp = torch.log_softmax(self._head_logits(h).to(acc), dim=-1)
+        c1 = self.shortlist_size
+        pieces = [head_lp[:, :c1]]
+        for j in range(self.n_clusters):
+            tail_lp = torch.log_softmax(self._tail_logits(h, j).to(acc), dim=-1)
+            pieces.append(tail_lp + head_lp[:, c1 + j : c1 + j + 1])
+        return torch.cat(pieces, dim=1)
+
+    @torch.no_grad()
+    def _topk(self, h: Tensor, k: int) -> Tuple[Tensor, Tensor]:
+        """Exact top-k with pruning.
+
+        Every class of tail cluster j has ``log p <= log p_H(cluster j)`` (its in-cluster
+        log-softmax is <= 0). Start from the shortlist's top-k, then for each cluster expand only
+        the rows whose cluster log-prob exceeds their current k-th best value (``-inf`` while fewer
+        than k are held); expanded rows score the cluster in class chunks (chunked logsumexp +
+        chunked top-k), so memory stays O(rows * chunk). Result sorted descending.
+        """
+        N = h.shape[0]
+        acc = torch.promote_types(h.dtype, torch.float32)
+        c1 = self.shortlist_size
+        head_lp = torch.log_softmax(self._head_logits(h).to(acc), dim=-1)
+        ks = min(k, c1)
+        best_v, best_i = head_lp[:, :c1].topk(ks, dim=1)
+        cl_lp = head_lp[:, c1:]
+        # process clusters from most to least probable on average (thresholds rise fastest)
+        order = torch.argsort(cl_lp.mean(0), descending=True).tolist()
+        for j in order:
+            if best_v.shape[1] < k:
+                expand = torch.ones(N, dtype=torch.bool, device=h.device)
+            else:
+                expand = cl_lp[:, j] > best_v[:, -1]
+            if not bool(expand.any()):
+                continue
+            rows = expand.nonzero().squeeze(1)
+            x = F.linear(h.index_select(0, rows), self.tail_proj[j])
+            w = self.tail_weight[j]
+            kj = self.cluster_sizes[j]
+            chunk = max(1, self.eval_chunk)
+
+            def score(s, e, x=x, w=w):
+                return (x @ w[s:e].t()).to(acc)
+
+            lse = chunked_logsumexp(score, kj, chunk)
+            kk = min(k, kj)
+            v, i = chunked_topk(score, kj, rows.numel(), kk, chunk, h.device, acc)
+            v = v - lse[:, None] + cl_lp.index_select(0, rows)[:, j : j + 1]
+            i = i + self._bounds[j]
+            if best_v.shape[1] < k:
+                # rows not expanded cannot occur here (all rows expand while the list is short)
+                cand_v = torch.cat([best_v, v], dim=1)
+                cand_i = torch.cat([best_i, i], dim=1)
+                kk2 = min(k, cand_v.shape[1])
+                best_v, sel = cand_v.topk(kk2, dim=1)
+                best_i = cand_i.gather(1, sel)
+            else:
+                bv, bi = best_v.index_select(0, rows), best_i.index_select(0, rows)
+                cand_v = torch.cat([bv, v], dim=1)
+                cand_i = torch.cat([bi, i], dim=1)
+                nv, sel = cand_v.topk(k, dim=1)
+                best_v = best_v.index_copy(0, rows, nv)
+                best_i = best_i.index_copy(0, rows, cand_i.gather(1, sel))
+        return best_v, best_i
