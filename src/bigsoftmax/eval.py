@@ -1,0 +1,110 @@
+"""Exact evaluation of a language model with any head (``bigsoftmax eval``).
+
+Perplexity is ``exp(-(1/N) sum_t log p(w_t | w_<t))`` with ``log p`` from the head's exact
+normalised distribution (``head.target_log_prob``: a chunked full softmax for sampling heads, the
+exact factorisation for tree / class / adaptive heads), so numbers are comparable across heads.
+Top-k accuracy is the fraction of positions whose target is among the k most probable classes
+(``head.topk``, exact and chunked). The stream is read in ``batch_size`` parallel lanes with the
+recurrent state carried along each lane.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Dict, Optional, Sequence, Union
+
+import numpy as np
+import torch
+from torch import nn
+
+from .data import Corpus, batchify, iter_batches, load_corpus
+
+__all__ = ["evaluate", "load_run", "evaluate_run"]
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, stream: np.ndarray, batch_size: int = 16, seq_len: int = 64,
+             max_tokens: Optional[int] = None, topk: Sequence[int] = (1, 5, 10)) -> Dict[str, float]:
+    """Exact NLL / perplexity (and top-k accuracy) of ``model`` on an id ``stream``.
+
+    Args:
+        model: a :class:`bigsoftmax.models.LanguageModel` (``model(x, state) -> (hidden, state)``,
+            ``model.head`` a Head).
+        stream: [n] int ids.
+        batch_size, seq_len: lanes and segment length of the evaluation pass.
+        max_tokens: evaluate only (about) the first ``max_tokens`` targets.
+        topk: the k values for top-k accuracy (empty: skip, saves a pass over V).
+    Returns: dict with ``nll`` (nats/token), ``ppl``, ``tokens`` and ``acc@k`` per k.
+    """
+    stream = np.asarray(stream)
+    if max_tokens is not None:
+        if not isinstance(max_tokens, int) or isinstance(max_tokens, bool) or max_tokens < 1:
+            raise ValueError(f"max_tokens must be a positive int or None, got {max_tokens!r}")
+        stream = stream[: max_tokens + batch_size]
+    if stream.shape[0] < 2:
+        raise ValueError(f"evaluation stream has {stream.shape[0]} tokens; need at least 2")
+    ks = sorted(set(int(k) for k in topk))
+    V = model.head.num_classes
+    for k in ks:
+        if not 1 <= k <= V:
+            raise ValueError(f"topk values must be in [1, {V}], got {k}")
+    B = max(1, min(batch_size, stream.shape[0] // 2))
+    lanes = batchify(stream, B)
+    was_training = model.training
+    model.eval()
+    total, n = 0.0, 0
+    hits = {k: 0 for k in ks}
+    state = None
+    try:
+        for _, x, y in iter_batches(lanes, seq_len):
+            h, state = model(x, state)
+            lp = model.head.target_log_prob(h, y)
+            total += float(lp.double().sum())
+            n += y.numel()
+            if ks:
+                _, idx = model.head.topk(h, ks[-1])
+                for k in ks:
+                    hits[k] += int((idx[..., :k] == y.unsqueeze(-1)).any(-1).sum())
+    finally:
+        model.train(was_training)
+    nll = -total / n
+    out = {"nll": nll, "ppl": math.exp(nll) if nll < 700 else float("inf"), "tokens": n}
+    for k in ks:
+        out[f"acc@{k}"] = hits[k] / n
+    return out
+
+
+def load_run(run_dir: Union[str, Path], corpus: Optional[Corpus] = None):
+    """Rebuild (model, corpus, cfg, checkpoint) from a ``bigsoftmax train`` output folder."""
+    from .train import CHECKPOINT, TrainConfig, build_model
+
+    run_dir = Path(run_dir)
+    path = run_dir / CHECKPOINT
+    if not path.is_file():
+        raise FileNotFoundError(f"no checkpoint at {str(path)!r} (is {str(run_dir)!r} a `bigsoftmax train` --out folder?)")
+    ck = torch.load(path, map_location="cpu", weights_only=False)
+    cfg = TrainConfig.from_dict(ck["config"])
+    if corpus is None:
+        corpus = load_corpus(cfg.corpus, **cfg.corpus_kwargs())
+    if len(corpus.vocab) != ck["vocab_size"]:
+        raise ValueError(f"corpus vocabulary ({len(corpus.vocab)} types) does not match the checkpoint's "
+                         f"({ck['vocab_size']}); was the corpus file changed?")
+    model = build_model(cfg, corpus.counts)
+    model.load_state_dict(ck["model"])
+    model.eval()
+    return model, corpus, cfg, ck
+
+
+def evaluate_run(run_dir: Union[str, Path], split: str = "valid", max_tokens: Optional[int] = None,
+                 topk: Sequence[int] = (1, 5, 10), batch_size: int = 16, seq_len: Optional[int] = None) -> Dict:
+    """Exact perplexity and top-k accuracy of a saved run on ``split``."""
+    if split not in ("train", "valid", "test"):
+        raise ValueError(f"split must be one of 'train', 'valid', 'test', got {split!r}")
+    model, corpus, cfg, ck = load_run(run_dir)
+    if seq_len is None:
+        seq_len = max(cfg.seq_len, 64) if cfg.model == "lstm" else cfg.seq_len
+    res = evaluate(model, corpus.split(split), batch_size=batch_size, seq_len=seq_len, max_tokens=max_tokens, topk=topk)
+    res.update({"split": split, "head": cfg.head, "model": cfg.model, "corpus": corpus.name,
+                "vocab_size": len(corpus.vocab), "steps": ck["state"]["step"], "train_tokens": ck["state"]["tokens"]})
+    return res

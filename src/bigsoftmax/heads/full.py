@@ -1,0 +1,148 @@
+"""Exact full-softmax output layer: ``nn.Linear`` + ``F.cross_entropy`` without the [N, V] logits."""
+
+from __future__ import annotations
+
+import math
+from typing import Optional
+
+import torch
+from torch import Tensor, nn
+
+from .._full import linear_cross_entropy, linear_logsumexp
+from .base import Head, LinearEvalMixin
+
+__all__ = ["FullSoftmax"]
+
+
+class FullSoftmax(LinearEvalMixin, Head):
+    """The exact softmax cross-entropy head over all ``num_classes`` classes.
+
+    hidden ``[..., d]``, target ``[...]`` (int64) -> loss, with ``logits = hidden @ weight.T + bias``::
+
+        loss = F.cross_entropy(logits, target, weight=class_weight, ignore_index=ignore_index,
+                               reduction=reduction, label_smoothing=label_smoothing)
+
+    computed by :func:`bigsoftmax.functional.linear_cross_entropy` in vocabulary slices of
+    ``chunk_size`` classes: same numbers and gradients, peak extra memory O(N · chunk_size) instead
+    of the [N, V] logits and their gradient. Exact evaluation (``log_prob``, ``target_log_prob``,
+    ``topk``) comes from :class:`LinearEvalMixin` (chunked as well, except ``log_prob`` which
+    returns the [N, V] matrix by definition).
+
+    Parameters: ``weight [V, d]`` (``nn.Linear`` layout) and ``bias [V]`` (``bias=False`` drops it).
+    ``weight=`` ties the head to an existing ``nn.Parameter`` of shape [V, d] — typically the input
+    embedding of a language model — instead of creating one. ``class_weight`` ([V], a buffer) is
+    F.cross_entropy's per-class rescaling weight. :meth:`from_linear` wraps an existing
+    ``nn.Linear(d, V)``, sharing (not copying) its parameters.
+    """
+
+    def __init__(
+        self,
+        in_features: int,
+        num_classes: int,
+        bias: bool = True,
+        ignore_index: int = -100,
+        reduction: str = "mean",
+        label_smoothing: float = 0.0,
+        class_weight: Optional[Tensor] = None,
+        weight: Optional[nn.Parameter] = None,
+        chunk_size: Optional[int] = None,
+    ):
+        super().__init__(in_features, num_classes, ignore_index, reduction)
+        if not isinstance(ignore_index, int) or isinstance(ignore_index, bool):
+            raise TypeError(f"ignore_index must be an int, got {ignore_index!r}")
+        if isinstance(label_smoothing, bool) or not isinstance(label_smoothing, (int, float)) \
+                or not 0.0 <= float(label_smoothing) <= 1.0:
+            raise ValueError(f"label_smoothing must be a float in [0.0, 1.0], got {label_smoothing!r}")
+        if chunk_size is not None and (not isinstance(chunk_size, int) or isinstance(chunk_size, bool) or chunk_size < 1):
+            raise ValueError(f"chunk_size must be a positive int or None, got {chunk_size!r}")
+        self.label_smoothing = float(label_smoothing)
+        self.chunk_size = chunk_size
+
+        if weight is not None:
+            if not isinstance(weight, nn.Parameter):
+                raise TypeError(
+                    f"weight must be an nn.Parameter to tie to (e.g. embedding.weight), got {type(weight).__name__}"
+                )
+            if tuple(weight.shape) != (num_classes, in_features):
+                raise ValueError(
+                    f"weight must have shape [num_classes={num_classes}, in_features={in_features}], got {tuple(weight.shape)}"
+                )
+            self.weight = weight
+        else:
+            self.weight = nn.Parameter(torch.empty(num_classes, in_features))
+        if bias:
+            self.bias = nn.Parameter(torch.empty(num_classes, dtype=self.weight.dtype, device=self.weight.device))
+        else:
+            self.register_parameter("bias", None)
+
+        if class_weight is not None:
+            if not isinstance(class_weight, Tensor) or not class_weight.dtype.is_floating_point:
+                raise TypeError(f"class_weight must be a floating-point tensor of shape [num_classes={num_classes}]")
+            if tuple(class_weight.shape) != (num_classes,):
+                raise ValueError(f"class_weight must have shape [num_classes={num_classes}], got {tuple(class_weight.shape)}")
+            class_weight = class_weight.detach().clone()
+        self.register_buffer("class_weight", class_weight)
+        self.reset_parameters(reset_weight=weight is None)
+
+    def reset_parameters(self, reset_weight: bool = True) -> None:
+        """``nn.Linear``'s initialisation: U(−1/√d, 1/√d) for weight (unless tied) and bias."""
+        bound = 1.0 / math.sqrt(self.in_features)
+        with torch.no_grad():
+            if reset_weight:
+                nn.init.kaiming_uniform_(self.weight, a=math.sqrt(5))
+            if self.bias is not None:
+                nn.init.uniform_(self.bias, -bound, bound)
+
+    @classmethod
+    def from_linear(cls, linear: nn.Linear, **kwargs) -> "FullSoftmax":
+        """A head over an existing ``nn.Linear(d, V)``, sharing its weight and bias Parameters."""
+        if not isinstance(linear, nn.Linear):
+            raise TypeError(f"linear must be an nn.Linear, got {type(linear).__name__}")
+        head = cls(linear.in_features, linear.out_features, bias=linear.bias is not None, weight=linear.weight, **kwargs)
+        if linear.bias is not None:
+            head.bias = linear.bias
+        return head
+
+    # ----------------------------------------------------------------- protocol plumbing
+    def eval_weight(self) -> Tensor:
+        return self.weight
+
+    def eval_bias(self) -> Optional[Tensor]:
+        return self.bias
+
+    def extra_repr(self) -> str:
+        s = f"in_features={self.in_features}, num_classes={self.num_classes}, bias={self.bias is not None}"
+        if self.label_smoothing:
+            s += f", label_smoothing={self.label_smoothing}"
+        if self.class_weight is not None:
+            s += ", class_weight=[...]"
+        return s + f", reduction={self.reduction!r}"
+
+    # ----------------------------------------------------------------- training
+    def forward(self, hidden: Tensor, target: Tensor) -> Tensor:
+        """Exact cross-entropy: hidden [..., d], target [...] -> scalar (or [...] for reduction='none')."""
+        h, y = self._flat_pair(hidden, target)
+        loss = linear_cross_entropy(
+            h, self.weight, self.bias, y,
+            weight_class=self.class_weight, ignore_index=self.ignore_index, reduction=self.reduction,
+            label_smoothing=self.label_smoothing, chunk_size=self.chunk_size,
+        )
+        return loss.reshape(target.shape) if self.reduction == "none" else loss
+
+    # ----------------------------------------------------------------- exact evaluation
+    def _log_normalizer(self, h: Tensor) -> Tensor:
+        """log Z(h) [N] through the chunked kernel (fast exp2 passes, O(N · chunk) memory even under autograd)."""
+        return linear_logsumexp(h, self.weight, self.bias, chunk_size=self.chunk_size)
+
+    def _target_log_prob(self, h: Tensor, y: Tensor) -> Tensor:
+        """log p(y | h) = −CE without smoothing or class weights; differentiable with the chunked backward."""
+        return -linear_cross_entropy(h, self.weight, self.bias, y, ignore_index=self.ignore_index, reduction="none",
+                                     chunk_size=self.chunk_size)
+
+    def _loss(self, hidden: Tensor, target: Tensor) -> Tensor:
+        """Per-example loss [N] of kept rows, class weights and label smoothing included."""
+        return linear_cross_entropy(
+            hidden, self.weight, self.bias, target,
+            weight_class=self.class_weight, ignore_index=self.ignore_index, reduction="none",
+            label_smoothing=self.label_smoothing, chunk_size=self.chunk_size,
+        )

@@ -1,0 +1,237 @@
+"""Head registry: a name -> constructor table used by the CLI and the benchmarks.
+
+Every entry builds a head from ``(in_features, counts, opts)``: ``counts`` are the frequency-sorted
+training counts ([V] int, id 0 most frequent — the vocabulary of :mod:`bigsoftmax.data`), ``opts``
+a :class:`HeadOptions`. Heads are looked up lazily by class name in :mod:`bigsoftmax.heads`, so a
+method whose module is not installed yet is listed as unavailable instead of breaking the import::
+
+    >>> from bigsoftmax.registry import build_head, available_heads
+    >>> head = build_head("sampled", 256, corpus.counts, HeadOptions(num_sampled=2048, sparse=True))
+
+Names: ``full``, ``sampled``, ``nce``, ``logistic``, ``negsampling``, ``hierarchical``, ``class``,
+``adaptive``, ``selfnorm``.
+"""
+
+from __future__ import annotations
+
+import inspect
+import math
+from dataclasses import asdict, dataclass, field
+from typing import Callable, Dict, List, Optional, Sequence
+
+import numpy as np
+import torch
+
+__all__ = ["HeadOptions", "HeadSpec", "HEADS", "build_head", "available_heads", "head_class", "HeadUnavailableError",
+           "make_sampler", "default_num_sampled", "default_cutoffs"]
+
+
+class HeadUnavailableError(ValueError):
+    """The head name is known but its implementation is not part of this installation."""
+
+
+@dataclass
+class HeadOptions:
+    """Options the registry may pass to a head constructor (each only if the constructor accepts it).
+
+    num_sampled: candidates per step for sampling heads (default ``V // 16``).
+    sampler: ``'log_uniform'`` (Zipf, assumes frequency-sorted ids), ``'unigram'`` (counts^distortion)
+        or ``'uniform'``; None = the head's default (unigram^0.75 for negative sampling, log-uniform
+        for the others).
+    distortion: exponent for the unigram sampler (0.75 as in word2vec).
+    sparse: sparse gradients for the class-embedding rows.
+    seed: seed of the head's sampling generator.
+    cutoffs: adaptive-softmax cluster boundaries (default :func:`default_cutoffs`).
+    div_value: adaptive-softmax projection shrink factor per tail cluster.
+    num_clusters: class-based softmax number of frequency-binned classes (default ~sqrt(V)).
+    extra: further keyword arguments passed verbatim (filtered by the constructor's signature).
+    """
+
+    num_sampled: Optional[int] = None
+    sampler: Optional[str] = None
+    distortion: float = 0.75
+    sparse: bool = False
+    seed: Optional[int] = 0
+    cutoffs: Optional[Sequence[int]] = None
+    div_value: float = 4.0
+    num_clusters: Optional[int] = None
+    extra: Dict[str, object] = field(default_factory=dict)
+
+    def to_dict(self) -> Dict[str, object]:
+        d = asdict(self)
+        d["cutoffs"] = list(self.cutoffs) if self.cutoffs is not None else None
+        return d
+
+
+@dataclass(frozen=True)
+class HeadSpec:
+    name: str
+    class_name: str
+    description: str
+    kind: str  # "sampling" | "structured" | "exact"
+    builder: Callable
+
+
+_SAMPLERS = ("log_uniform", "unigram", "uniform")
+
+
+def default_num_sampled(vocab_size: int) -> int:
+    """S = V / 16 (at least 1): the issue's operating point for sampled softmax."""
+    return max(1, vocab_size // 16)
+
+
+def default_cutoffs(vocab_size: int) -> List[int]:
+    """Adaptive-softmax cutoffs for a frequency-sorted vocabulary: a head of ~V/20 words, tails at V/5."""
+    if vocab_size < 8:
+        return [max(1, vocab_size // 2)]
+    c1 = max(2, min(4000, vocab_size // 20))
+    c2 = max(c1 + 1, min(vocab_size - 1, vocab_size // 5))
+    return [c1, c2] if c2 < vocab_size else [c1]
+
+
+def make_sampler(kind: str, counts: np.ndarray, unique: bool = True, distortion: float = 0.75):
+    """A :mod:`bigsoftmax.samplers` sampler over ``len(counts)`` frequency-sorted classes."""
+    from . import samplers as S
+
+    V = int(len(counts))
+    if kind == "log_uniform":
+        return S.LogUniform(V, unique=unique)
+    if kind == "uniform":
+        return S.Uniform(V, unique=unique)
+    if kind == "unigram":
+        c = torch.as_tensor(np.asarray(counts, dtype=np.float64)).clamp_min(1.0)  # every class drawable
+        return S.Unigram(c, distortion=distortion, unique=unique)
+    raise ValueError(f"sampler must be one of {_SAMPLERS}, got {kind!r}")
+
+
+def _accepted(cls, kwargs: Dict[str, object]) -> Dict[str, object]:
+    """Keep only the keyword arguments ``cls.__init__`` accepts (all of them if it takes **kwargs)."""
+    params = inspect.signature(cls.__init__).parameters
+    if any(p.kind == p.VAR_KEYWORD for p in params.values()):
+        return kwargs
+    return {k: v for k, v in kwargs.items() if k in params}
+
+
+def _counts_tensor(counts):
+    return torch.as_tensor(np.asarray(counts, dtype=np.float64))
+
+
+def _build_sampling(cls, in_features: int, counts, o: HeadOptions, default_sampler: str = "log_uniform",
+                    self_normalised: bool = False):
+    V = len(counts)
+    S = o.num_sampled if o.num_sampled is not None else default_num_sampled(V)
+    if not isinstance(S, int) or isinstance(S, bool) or S < 1:
+        raise ValueError(f"num_sampled must be an int >= 1, got {S!r}")
+    if S >= V:
+        raise ValueError(f"num_sampled={S} must be < the vocabulary size {V} (unique sampling draws distinct classes)")
+    kw = dict(num_sampled=S, sparse=o.sparse, seed=o.seed)
+    if o.sampler is None and default_sampler == "counts":
+        # the head's own noise from the class counts; every class drawable (<unk> may have count 0)
+        kw["counts"] = _counts_tensor(counts).clamp_min(1.0)
+    else:
+        kw["sampler"] = make_sampler(o.sampler or default_sampler, counts, True, o.distortion)
+    kw.update(o.extra)
+    head = cls(in_features, V, **_accepted(cls, kw))
+    if self_normalised and isinstance(getattr(head, "bias", None), torch.nn.Parameter):
+        # NCE treats exp(z_c) as an unnormalised probability with Z = 1 (Mnih & Teh 2012): start from
+        # the uniform distribution, z_c = -log V, instead of sum_c exp(z_c) = V. Without this, classes
+        # the sampler rarely proposes keep z ~ 0 and the exact softmax puts most mass on them early on.
+        with torch.no_grad():
+            head.bias.fill_(-math.log(V))
+    return head
+
+
+def _build_plain(cls, in_features: int, counts, o: HeadOptions):
+    kw = dict(sparse=o.sparse)
+    kw.update(o.extra)
+    return cls(in_features, len(counts), **_accepted(cls, kw))
+
+
+def _build_hierarchical(cls, in_features: int, counts, o: HeadOptions):
+    """Huffman tree over the training counts (frequent words get short codes)."""
+    kw = dict(sparse=o.sparse)
+    kw.update(o.extra)
+    return cls(in_features, _counts_tensor(counts).clamp_min(1.0), **_accepted(cls, kw))
+
+
+def _build_class(cls, in_features: int, counts, o: HeadOptions):
+    """Frequency-binned word classes (default ~sqrt(V) of them)."""
+    kw = dict(counts=_counts_tensor(counts).clamp_min(1.0), num_clusters=o.num_clusters, sparse=o.sparse)
+    kw = {k: v for k, v in kw.items() if v is not None}
+    kw.update(o.extra)
+    return cls(in_features, **_accepted(cls, kw))
+
+
+def _build_adaptive(cls, in_features: int, counts, o: HeadOptions):
+    """Cutoffs as given, else chosen by the head from the counts (else :func:`default_cutoffs`)."""
+    V = len(counts)
+    kw = dict(div_value=o.div_value)
+    if o.cutoffs is not None:
+        kw["cutoffs"] = list(o.cutoffs)
+    elif "counts" in inspect.signature(cls.__init__).parameters:
+        kw["counts"] = _counts_tensor(counts).clamp_min(1.0)  # <unk> may have count 0 in training
+    else:
+        kw["cutoffs"] = default_cutoffs(V)
+    kw.update(o.extra)
+    return cls(in_features, V, **_accepted(cls, kw))
+
+
+HEADS: Dict[str, HeadSpec] = {
+    s.name: s
+    for s in [
+        HeadSpec("full", "FullSoftmax", "exact softmax over all V classes (the baseline)", "exact", _build_plain),
+        HeadSpec("sampled", "SampledSoftmax", "sampled softmax with log Q correction (Jean et al. 2015)", "sampling",
+                 _build_sampling),
+        HeadSpec("nce", "NCE", "noise-contrastive estimation (Gutmann & Hyvarinen 2010; Mnih & Teh 2012)", "sampling",
+                 lambda cls, d, c, o: _build_sampling(cls, d, c, o, self_normalised=True)),
+        HeadSpec("logistic", "SampledLogistic", "sampled logistic loss (TF candidate-sampling 'logistic')", "sampling",
+                 lambda cls, d, c, o: _build_sampling(cls, d, c, o, self_normalised=True)),
+        HeadSpec("negsampling", "NegativeSampling", "negative sampling (Mikolov et al. 2013)", "sampling",
+                 lambda cls, d, c, o: _build_sampling(cls, d, c, o, default_sampler="counts")),
+        HeadSpec("hierarchical", "HierarchicalSoftmax", "binary Huffman-tree hierarchical softmax (Morin & Bengio 2005)",
+                 "structured", _build_hierarchical),
+        HeadSpec("class", "ClassBasedSoftmax", "two-level class-based softmax over frequency bins (Goodman 2001)",
+                 "structured", _build_class),
+        HeadSpec("adaptive", "AdaptiveSoftmax", "adaptive softmax (Grave et al. 2017)", "structured", _build_adaptive),
+        HeadSpec("selfnorm", "SelfNormalizedSoftmax", "self-normalised softmax (Devlin et al. 2014)", "exact",
+                 _build_plain),
+    ]
+}
+
+
+def head_class(name: str):
+    """The head class registered under ``name``; raises ValueError / HeadUnavailableError."""
+    if name not in HEADS:
+        raise ValueError(f"unknown head {name!r}; known heads: {', '.join(HEADS)}")
+    from . import heads as H
+
+    cls = getattr(H, HEADS[name].class_name, None)
+    if cls is None:
+        raise HeadUnavailableError(
+            f"head {name!r} is unavailable: bigsoftmax.heads.{HEADS[name].class_name} is not in this installation "
+            f"(available: {', '.join(available_heads()) or 'none'})"
+        )
+    return cls
+
+
+def available_heads() -> List[str]:
+    """Registered head names whose implementation is importable, in registry order."""
+    from . import heads as H
+
+    return [n for n, s in HEADS.items() if getattr(H, s.class_name, None) is not None]
+
+
+def build_head(name: str, in_features: int, counts, opts: Optional[HeadOptions] = None):
+    """Construct head ``name`` for ``len(counts)`` frequency-sorted classes with ``in_features`` inputs."""
+    cls = head_class(name)
+    if not isinstance(in_features, int) or isinstance(in_features, bool) or in_features < 1:
+        raise ValueError(f"in_features must be a positive int, got {in_features!r}")
+    counts = np.asarray(counts)
+    if counts.ndim != 1 or counts.shape[0] < 2:
+        raise ValueError(f"counts must be a 1-D array over >= 2 classes, got shape {counts.shape}")
+    if np.any(counts < 0):
+        raise ValueError("counts must be non-negative")
+    opts = opts if opts is not None else HeadOptions()
+    if opts.sampler is not None and opts.sampler not in _SAMPLERS:
+        raise ValueError(f"sampler must be one of {_SAMPLERS}, got {opts.sampler!r}")
+    return HEADS[name].builder(cls, in_features, counts, opts)
