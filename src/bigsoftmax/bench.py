@@ -97,9 +97,14 @@ def plot_pareto(runs: List[Dict], path: Path, title: str, fixed_time: bool = Fal
         return False
     from .registry import HEADS
 
-    ok = [r for r in runs if r.get("status") == "finished"]
+    ok = [r for r in runs if r.get("status") == "finished" and r["valid_ppl"] == r["valid_ppl"]]
     if not ok:
         return False
+    # a head whose exact perplexity is orders of magnitude off (negative sampling is not a density)
+    # would squash every other point: leave it out and say so under the plot
+    best = min(r["valid_ppl"] for r in ok)
+    hidden = [r for r in ok if r["valid_ppl"] > 20 * best]
+    ok = [r for r in ok if r["valid_ppl"] <= 20 * best]
     colors = {"exact": "#1f77b4", "sampling": "#d62728", "structured": "#2ca02c"}
     markers = {"exact": "s", "sampling": "o", "structured": "^"}
     fig, ax = plt.subplots(figsize=(6.4, 4.4), dpi=150)
@@ -128,6 +133,10 @@ def plot_pareto(runs: List[Dict], path: Path, title: str, fixed_time: bool = Fal
                   else "training time (s, same token budget for every head)")
     ax.set_ylabel("exact validation perplexity")
     ax.set_title(title, fontsize=9)
+    ax.margins(x=0.15, y=0.1)
+    if hidden:
+        ax.text(0.01, 0.01, "not shown: " + ", ".join(f"{r['head']} (ppl {r['valid_ppl']:.3g})" for r in hidden),
+                transform=ax.transAxes, fontsize=7, color="0.3", va="bottom")
     ax.grid(True, which="both", alpha=0.3)
     ax.legend(fontsize=7, loc="best")
     fig.tight_layout()
