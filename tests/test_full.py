@@ -254,7 +254,7 @@ def test_never_allocates_N_by_V():
 
 
 def test_default_chunk_size_bounds():
-    assert default_chunk_size(1024, 1_000_000) == 8192
+    assert default_chunk_size(1024, 1_000_000) == 2048
     assert default_chunk_size(1, 10**7) == 32768
     assert default_chunk_size(10**6, 10**7) == 512
     assert default_chunk_size(16, 100) == 100

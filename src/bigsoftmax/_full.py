@@ -56,8 +56,8 @@ _LOG2E = 1.0 / math.log(2.0)
 _LN2 = math.log(2.0)
 _REDUCTIONS = ("mean", "sum", "none")
 
-#: bytes of one [N, chunk] fp32 logits slice the automatic chunk size aims for (about the 32 MiB L3 here)
-_SLICE_BYTES = 32 * 2**20
+#: bytes of one [N, chunk] fp32 logits slice the automatic chunk size aims for (cache resident)
+_SLICE_BYTES = 8 * 2**20
 _MIN_CHUNK = 512
 _MAX_CHUNK = 32768
 
@@ -65,7 +65,7 @@ _MAX_CHUNK = 32768
 def default_chunk_size(num_rows: int, num_classes: int) -> int:
     """Classes per vocabulary slice when ``chunk_size=None``.
 
-    Aims at an ``[N, chunk]`` fp32 slice of about 32 MiB (about the L3 cache, so the elementwise passes
+    Aims at an ``[N, chunk]`` fp32 slice of about 8 MiB (cache resident, so the elementwise passes
     are cheap next to the GEMMs), clamped to [512, 32768] classes and to ``num_classes``; a multiple
     of 256 so GEMM panels stay aligned.
     """
