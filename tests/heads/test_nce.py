@@ -348,3 +348,15 @@ def test_bad_forward_input(cls):
         head(x, y, sampled_values=(torch.arange(5), torch.ones(6, 1), torch.ones(4)))
     with pytest.raises(ValueError, match="true_expected_count must be > 0"):
         head(x, y, sampled_values=(torch.arange(5), torch.zeros(6, 1), torch.ones(5)))
+
+
+def test_bias_init_defaults_and_override():
+    V = 50
+    assert torch.allclose(NCE(4, V, 5).bias, torch.full((V,), -math.log(V)))
+    assert torch.allclose(SampledLogistic(4, V, 5).bias, torch.full((V,), -math.log(V)))
+    ns = NegativeSampling(4, V, 5, counts=torch.arange(V, 0, -1).float())
+    assert torch.count_nonzero(ns.bias) == 0
+    assert torch.allclose(NCE(4, V, 5, bias_init=0.5).bias, torch.full((V,), 0.5))
+    assert NCE(4, V, 5, bias=False).bias is None
+    with pytest.raises(ValueError, match="bias_init"):
+        NCE(4, V, 5, bias_init=float("nan"))

@@ -25,6 +25,7 @@ like every sampling head, so perplexities are comparable across heads.
 
 from __future__ import annotations
 
+import math
 from typing import Optional
 
 import torch
@@ -62,6 +63,10 @@ class NCE(SamplingHead):
             as the noise distribution (mutually exclusive with ``sampler``). Default noise without
             either: ``LogUniform(V)`` (frequency-sorted ids).
         distortion: exponent applied to ``counts`` (default 1.0).
+        bias_init: initial value of every bias entry. Default ``−log V`` for NCE / SampledLogistic
+            (Mnih & Teh 2012 fix Z = 1, so the scores start at the uniform log-probability instead of
+            ``Σ_c exp(z_c) = V``; without it classes the sampler rarely proposes keep z ≈ 0 and the exact
+            softmax puts most of its mass on them early in training), 0 for NegativeSampling.
         sparse: weight/bias gradients as sparse COO tensors touching only the candidate rows.
 
     ``forward(hidden, target, sampled_values=None)``: ``sampled_values`` overrides the sampler
@@ -89,6 +94,7 @@ class NCE(SamplingHead):
         weight: Optional[nn.Parameter] = None,
         counts=None,
         distortion: Optional[float] = None,
+        bias_init: Optional[float] = None,
     ):
         name = type(self).__name__
         if distortion is not None and counts is None:
@@ -101,6 +107,13 @@ class NCE(SamplingHead):
         super().__init__(in_features, num_classes, num_sampled, sampler=sampler, num_true=num_true,
                          remove_accidental_hits=remove_accidental_hits, bias=bias, sparse=sparse,
                          ignore_index=ignore_index, reduction=reduction, seed=seed, weight=weight)
+        if bias_init is None:
+            bias_init = -math.log(num_classes) if self._subtract_log_q else 0.0
+        if isinstance(bias_init, bool) or not isinstance(bias_init, (int, float)) or not math.isfinite(bias_init):
+            raise ValueError(f"{name}: bias_init must be a finite float, got {bias_init!r}")
+        if self.bias is not None:
+            with torch.no_grad():
+                self.bias.fill_(float(bias_init))
 
     def _default_sampler(self, sampler, num_classes: int):
         return sampler  # None -> SamplingHead's LogUniform(V, unique=True)
