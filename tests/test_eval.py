@@ -75,3 +75,31 @@ def test_progress_bar_formats():
     quiet = io.StringIO()
     Progress(stream=quiet, enabled=False).update(0.1, 1, 1.0, 1.0, 1.0, force=True)
     assert quiet.getvalue() == ""
+
+
+@pytest.mark.parametrize("head", ["selfnorm", "nce", "hierarchical"])
+@torch.no_grad()
+def test_evaluate_log_z_statistics_match_dense_logsumexp(head):
+    """log_z=True reports mean / std / mean |.| of logsumexp of the raw logits over the evaluated
+    positions — for linear heads only (a tree head has no raw logits: no keys)."""
+    torch.manual_seed(0)
+    counts = np.sort(np.random.default_rng(1).integers(1, 100, V))[::-1].copy()
+    model = LSTMLM(V, build_head(head, D, counts), D).eval()
+    stream = np.random.default_rng(2).integers(0, V, 200)
+    res = evaluate(model, stream, batch_size=4, seq_len=7, topk=(), log_z=True)
+    if head == "hierarchical":
+        assert "log_z_mean" not in res
+        return
+    L = len(stream) // 4
+    lanes = torch.as_tensor(stream[: 4 * L]).reshape(4, L)
+    state, lz = None, []
+    for i in range(0, L - 1, 7):
+        x = lanes[:, i : min(i + 7, L - 1)]
+        h, state = model(x, state)
+        z = h @ model.head.weight.t() + model.head.bias
+        lz.append(torch.logsumexp(z.double(), -1).reshape(-1))
+    lz = torch.cat(lz)
+    assert res["log_z_mean"] == pytest.approx(float(lz.mean()), rel=1e-5, abs=1e-6)
+    assert res["log_z_std"] == pytest.approx(float(lz.std(unbiased=False)), rel=1e-3, abs=1e-5)
+    assert res["log_z_mean_abs"] == pytest.approx(float(lz.abs().mean()), rel=1e-5, abs=1e-6)
+    assert "log_z_mean" not in evaluate(model, stream, batch_size=4, seq_len=7, topk=())

@@ -467,21 +467,24 @@ def linear_logsumexp(input: Tensor, weight: Tensor, bias: Optional[Tensor] = Non
     """``torch.logsumexp(F.linear(input, weight, bias), -1)`` in vocabulary slices: [..., d] -> [...].
 
     The log-normaliser log Z(x) of the full softmax, exact, with peak extra memory O(N · chunk_size)
-    and (when differentiated) the chunked backward of :func:`linear_cross_entropy`: it is that loss
-    against class 0 plus the class-0 logit, ``lse = (lse − z_0) + z_0``. Accumulated in >= fp32.
+    also when differentiated: it is the library's one fused log-normaliser kernel,
+    :func:`bigsoftmax._lse.linear_logsumexp`, in recompute mode (the backward rescores each class
+    slice instead of storing [N, V] probabilities). Accumulated in >= fp32.
     """
+    from ._lse import linear_logsumexp as _lse_kernel
+
     _check_float(input, "input", "of shape [..., d]")
     _check_float(weight, "weight", "of shape [V, d]")
     if weight.dim() != 2 or input.dim() < 1 or input.shape[-1] != weight.shape[1]:
         raise ValueError(f"input [..., d] and weight [V, d] must agree on d, got {tuple(input.shape)} and {tuple(weight.shape)}")
+    if bias is not None:
+        _check_float(bias, "bias", f"of shape [V={weight.shape[0]}]")
+        if tuple(bias.shape) != (weight.shape[0],):
+            raise ValueError(f"bias must have shape [V={weight.shape[0]}], got {tuple(bias.shape)}")
+    if chunk_size is not None and (not isinstance(chunk_size, int) or isinstance(chunk_size, bool) or chunk_size < 1):
+        raise ValueError(f"chunk_size must be a positive int or None, got {chunk_size!r}")
     lead = input.shape[:-1]
     x = input.reshape(-1, weight.shape[1])
-    y0 = torch.zeros(x.shape[0], dtype=torch.long, device=x.device)
-    nll0 = linear_cross_entropy(x, weight, bias, y0, reduction="none", chunk_size=chunk_size)
-    acc = nll0.dtype
-    cdt = torch.promote_types(x.dtype, weight.dtype)
-    z0 = (x.to(cdt) @ weight[0].to(cdt)).to(acc)
-    if bias is not None:
-        z0 = z0 + bias[0].to(acc)
-    return (nll0 + z0).reshape(lead)
-
+    chunk = chunk_size if chunk_size is not None else default_chunk_size(x.shape[0], weight.shape[0])
+    lse, _ = _lse_kernel(x, weight, bias, None, recompute=True, chunk=min(chunk, weight.shape[0]))
+    return lse.reshape(lead)

@@ -25,7 +25,8 @@ __all__ = ["evaluate", "load_run", "evaluate_run"]
 
 @torch.no_grad()
 def evaluate(model: nn.Module, stream: np.ndarray, batch_size: int = 16, seq_len: int = 64,
-             max_tokens: Optional[int] = None, topk: Sequence[int] = (1, 5, 10)) -> Dict[str, float]:
+             max_tokens: Optional[int] = None, topk: Sequence[int] = (1, 5, 10),
+             log_z: bool = False) -> Dict[str, float]:
     """Exact NLL / perplexity (and top-k accuracy) of ``model`` on an id ``stream``.
 
     Args:
@@ -35,7 +36,11 @@ def evaluate(model: nn.Module, stream: np.ndarray, batch_size: int = 16, seq_len
         batch_size, seq_len: lanes and segment length of the evaluation pass.
         max_tokens: evaluate only (about) the first ``max_tokens`` targets.
         topk: the k values for top-k accuracy (empty: skip, saves a pass over V).
-    Returns: dict with ``nll`` (nats/token), ``ppl``, ``tokens`` and ``acc@k`` per k.
+        log_z: also report how self-normalised the head's raw scores are, for heads with an exact
+            ``log_normalizer`` (linear heads): ``log_z_mean``, ``log_z_std`` and ``log_z_mean_abs``
+            of ``log Z(h) = logsumexp_c z_c`` over the evaluated positions (one more pass over V).
+    Returns: dict with ``nll`` (nats/token), ``ppl``, ``tokens``, ``acc@k`` per k (and the log Z
+    statistics).
     """
     stream = np.asarray(stream)
     if max_tokens is not None:
@@ -55,6 +60,8 @@ def evaluate(model: nn.Module, stream: np.ndarray, batch_size: int = 16, seq_len
     model.eval()
     total, n = 0.0, 0
     hits = {k: 0 for k in ks}
+    lz_fn = getattr(model.head, "log_normalizer", None) if log_z else None
+    lz_sum = lz_sq = lz_abs = 0.0
     state = None
     try:
         for _, x, y in iter_batches(lanes, seq_len):
@@ -62,6 +69,11 @@ def evaluate(model: nn.Module, stream: np.ndarray, batch_size: int = 16, seq_len
             lp = model.head.target_log_prob(h, y)
             total += float(lp.double().sum())
             n += y.numel()
+            if lz_fn is not None:
+                lz = lz_fn(h).double()
+                lz_sum += float(lz.sum())
+                lz_sq += float(lz.square().sum())
+                lz_abs += float(lz.abs().sum())
             if ks:
                 _, idx = model.head.topk(h, ks[-1])
                 for k in ks:
@@ -72,6 +84,9 @@ def evaluate(model: nn.Module, stream: np.ndarray, batch_size: int = 16, seq_len
     out = {"nll": nll, "ppl": math.exp(nll) if nll < 700 else float("inf"), "tokens": n}
     for k in ks:
         out[f"acc@{k}"] = hits[k] / n
+    if lz_fn is not None:
+        mean = lz_sum / n
+        out.update(log_z_mean=mean, log_z_std=math.sqrt(max(lz_sq / n - mean * mean, 0.0)), log_z_mean_abs=lz_abs / n)
     return out
 
 

@@ -525,7 +525,7 @@ class Trainer:
         t0 = time.perf_counter()
         eval_len = max(cfg.seq_len, 64) if cfg.model == "lstm" else cfg.seq_len
         ev = evaluate(self.model, self.corpus.valid, batch_size=cfg.eval_batch_size, seq_len=eval_len,
-                      max_tokens=cfg.eval_tokens, topk=())
+                      max_tokens=cfg.eval_tokens, topk=(), log_z=True)
         eval_time = time.perf_counter() - t0
         tok_s = s.meas_tokens / s.meas_time if s.meas_tokens else s.tokens / max(s.train_time, 1e-9)
         metrics = {
@@ -549,6 +549,7 @@ class Trainer:
             "valid_nll": ev["nll"],
             "valid_ppl": ev["ppl"],
             "valid_tokens": ev["tokens"],
+            **{k: ev[k] for k in ("log_z_mean", "log_z_std", "log_z_mean_abs") if k in ev},
             "eval_time_s": eval_time,
             "unigram_ppl": unigram_perplexity(self.corpus, "valid"),
             "peak_rss_mb": peak,

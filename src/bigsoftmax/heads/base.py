@@ -22,7 +22,6 @@ Subclasses implement
 
 from __future__ import annotations
 
-import math
 from typing import Optional, Tuple
 
 import torch
@@ -250,6 +249,15 @@ class LinearEvalMixin:
         if b is not None:
             z = z + b[start:stop]
         return z
+
+    def log_normalizer(self, hidden: Tensor) -> Tensor:
+        """Exact ``log Z(h) = logsumexp_c z_c`` of the raw evaluation logits: [..., d] -> [...].
+
+        0 for a perfectly self-normalised model (NCE and the self-normalised softmax train towards it),
+        so ``exp(z_y)`` is then a probability without the O(V) normaliser. Chunked over classes.
+        """
+        h = self._flat_hidden(hidden)
+        return self._log_normalizer(h).reshape(hidden.shape[:-1])
 
     def _log_normalizer(self, h: Tensor) -> Tensor:
         """log Z(h) = logsumexp over all classes of the evaluation logits: [N, d] -> [N]."""

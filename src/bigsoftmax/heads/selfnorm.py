@@ -13,7 +13,7 @@ so perplexities stay comparable with every other head; :meth:`SelfNormalizedSoft
 measures how close ``log Z`` actually gets to 0 on given data.
 
 Training cost: log Z over all V classes is computed in class chunks by the fused
-:func:`bigsoftmax.heads.adaptive.linear_logsumexp` (exact value and gradient of both ``log Z`` and
+:func:`bigsoftmax._lse.linear_logsumexp` (exact value and gradient of both ``log Z`` and
 ``z_y``, recomputing the chunk scores in the backward), so peak extra memory is O(N * chunk), never
 O(N * V), and the penalty costs nothing beyond the cross-entropy's own normaliser:
 ``d loss / d z_c = (1 + 2 alpha log Z) softmax(z)_c - [c = y]``.
@@ -27,7 +27,7 @@ from typing import NamedTuple, Optional
 import torch
 from torch import Tensor, nn
 
-from .adaptive import linear_logsumexp
+from .._lse import linear_logsumexp
 from .base import Head, LinearEvalMixin, check_reduction, check_target, reduce_loss
 
 __all__ = [
@@ -188,11 +188,6 @@ class SelfNormalizedSoftmax(LinearEvalMixin, Head):
         if self.bias is not None:
             z = z + self.bias.index_select(0, ys).to(acc)
         return torch.where(keep, z, torch.zeros_like(z)).reshape(target.shape)
-
-    def log_normalizer(self, hidden: Tensor) -> Tensor:
-        """Exact ``log Z(h) = logsumexp_c z_c``: [..., d] -> [...] (chunked over classes)."""
-        h = self._flat_hidden(hidden)
-        return self._log_normalizer(h).reshape(hidden.shape[:-1])
 
     @torch.no_grad()
     def self_normalization_report(self, hidden: Tensor, batch_size: int = 4096) -> SelfNormalizationReport:
