@@ -294,9 +294,15 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv: Optional[Sequence[str]] = None) -> int:
-    """Entry point: parse ``argv`` (default ``sys.argv[1:]``), run the subcommand, return its exit code."""
-    parser = build_parser()
+def run_cli(parser: argparse.ArgumentParser, argv: Optional[Sequence[str]], prog: str) -> int:
+    """Parse ``argv`` with ``parser``, run the chosen subcommand's ``func``, map failures to exit codes.
+
+    0 success; 2 usage errors and bad input (argparse errors, ValueError, TypeError, a missing or
+    already existing file, :class:`CLIError`); 1 runtime failures and an unavailable corpus; 130 on
+    Ctrl-C. Errors print one ``<prog>: error: ...`` line on stderr, never a traceback.
+    """
+    from .data import CorpusUnavailableError
+
     try:
         args = parser.parse_args(list(argv) if argv is not None else None)
     except SystemExit as e:  # argparse: --help / --version (0) or a usage error (2, message printed)
@@ -304,22 +310,25 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if not getattr(args, "func", None):
         parser.print_help(sys.stderr)
         return 2
-    from .data import CorpusUnavailableError
-
     try:
         return int(args.func(args) or 0)
     except KeyboardInterrupt:
-        print("bigsoftmax: interrupted", file=sys.stderr)
+        print(f"{prog}: interrupted", file=sys.stderr)
         return 130
     except CorpusUnavailableError as e:
-        print(f"bigsoftmax: error: {e}", file=sys.stderr)
+        print(f"{prog}: error: {e}", file=sys.stderr)
         return 1
     except (ValueError, TypeError, FileNotFoundError, FileExistsError, CLIError) as e:
-        print(f"bigsoftmax: error: {e}", file=sys.stderr)
+        print(f"{prog}: error: {e}", file=sys.stderr)
         return 2
     except (FloatingPointError, RuntimeError, OSError) as e:
-        print(f"bigsoftmax: error: {type(e).__name__}: {e}", file=sys.stderr)
+        print(f"{prog}: error: {type(e).__name__}: {e}", file=sys.stderr)
         return 1
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    """Entry point: parse ``argv`` (default ``sys.argv[1:]``), run the subcommand, return its exit code."""
+    return run_cli(build_parser(), argv, "bigsoftmax")
 
 
 if __name__ == "__main__":  # pragma: no cover

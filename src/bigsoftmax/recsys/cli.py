@@ -330,31 +330,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     """Run ``bigsoftmax recsys`` with ``argv`` (without the leading ``recsys``); returns the exit code."""
-    from ..data.recipes import CorpusUnavailableError
+    from ..cli import run_cli
 
-    argv = list(sys.argv[1:] if argv is None else argv)
-    parser = build_parser()
-    try:
-        args = parser.parse_args(argv)
-    except SystemExit as e:
-        return int(e.code or 0) if not isinstance(e.code, str) else 2
-    if not getattr(args, "func", None):
-        parser.print_help(sys.stderr)
-        return 2
-    try:
-        return int(args.func(args) or 0)
-    except KeyboardInterrupt:
-        print("bigsoftmax recsys: interrupted", file=sys.stderr)
-        return 130
-    except CorpusUnavailableError as e:
-        print(f"bigsoftmax recsys: error: {e}", file=sys.stderr)
-        return 1
-    except (ValueError, TypeError, FileNotFoundError) as e:
-        print(f"bigsoftmax recsys: error: {e}", file=sys.stderr)
-        return 2
-    except (FloatingPointError, RuntimeError, OSError) as e:
-        print(f"bigsoftmax recsys: error: {type(e).__name__}: {e}", file=sys.stderr)
-        return 1
+    return run_cli(build_parser(), list(sys.argv[1:] if argv is None else argv), "bigsoftmax recsys")
 
 
 if __name__ == "__main__":  # pragma: no cover
