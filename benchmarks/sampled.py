@@ -15,28 +15,18 @@ Times are medians of ``--repeats`` timed steps after one warm-up, ``torch.set_nu
 from __future__ import annotations
 
 import argparse
-import statistics
 import sys
-import time
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from _timing import timeit  # noqa: E402
 from bigsoftmax import samplers as S  # noqa: E402
 from bigsoftmax.heads import SampledSoftmax  # noqa: E402
-
-
-def timeit(fn, repeats):
-    fn()
-    ts = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        ts.append(time.perf_counter() - t0)
-    return statistics.median(ts)
 
 
 def run_config(V, d, B, Sn, repeats, naive_dense=True):

@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import argparse
 import math
-import statistics
 import sys
 import time
 from pathlib import Path
@@ -35,18 +34,10 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from _timing import timeit  # noqa: E402
 from bigsoftmax.heads import ClassBasedSoftmax, HierarchicalSoftmax  # noqa: E402
-
-
-def timeit(fn, repeats):
-    fn()
-    ts = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        ts.append(time.perf_counter() - t0)
-    return statistics.median(ts) if repeats >= 5 else min(ts)
 
 
 def fmt(t):
@@ -87,7 +78,7 @@ def run_training(V, d, N, s, repeats, full_chunks, g):
     W = torch.nn.Parameter(torch.randn(V, d, generator=g) / math.sqrt(d))
     b = torch.nn.Parameter(torch.zeros(V))
     chunks = full_chunks if V >= 500_000 else 1
-    t_full = timeit(full_step(x, y, W, b, chunks), 2 if V >= 200_000 else repeats)
+    t_full = timeit(full_step(x, y, W, b, chunks), 2 if V >= 200_000 else repeats, min_below=5)
     name = "full softmax `F.cross_entropy(F.linear)`" + (f" ({chunks} row chunks)" if chunks > 1 else "")
     rows.append((name, "—", t_full))
     del W, b
@@ -103,7 +94,7 @@ def run_training(V, d, N, s, repeats, full_chunks, g):
         t0 = time.perf_counter()
         head = mk()
         t_build = time.perf_counter() - t0
-        t = timeit(head_step(head, x, y), repeats)
+        t = timeit(head_step(head, x, y), repeats, min_below=5)
         info = f"depth {head.tree.depth}, E[path] {head.tree.expected_code_length(counts):.2f}, {head.tree.num_nodes:,} nodes"
         rows.append((f"{name} — {info}", fmt(t_build), t))
         print(f"  {rows[-1][0]}: {fmt(t)}", flush=True)
@@ -142,8 +133,8 @@ def run_topk(heads, V, d, n, k, scales, repeats, g):
                 v, _ = head.topk(h, k)
                 bv, _ = brute()
                 assert torch.allclose(v, bv, atol=1e-4), "top-k disagrees with brute force"
-                t_tree = timeit(lambda: head.topk(h, k), repeats)
-                t_brute = timeit(brute, 2)
+                t_tree = timeit(lambda: head.topk(h, k), repeats, min_below=5)
+                t_brute = timeit(brute, 2, min_below=5)
             lines.append(f"| {name} | {sc:g} | {ent:.2f} | {fmt(t_tree)} | {fmt(t_brute)} | {t_brute / t_tree:,.1f}× |")
             print("  " + lines[-1], flush=True)
     return lines
