@@ -9,7 +9,8 @@ much bigger than the body. A small LSTM (d=128, one layer) gets the same **wall-
 budget per head (35 s), so the demo takes about 7-8 minutes on a 2-core CPU whatever the machine's
 speed, and the table answers "which head gets furthest in the same time?" (the approximate heads
 see several times more tokens than the full softmax). Exact perplexity is measured on the first 8K
-validation tokens. Any bench flag can be appended, e.g. the same token budget for every head:
+validation tokens. Every head keeps an untied input embedding (the tree / class / adaptive heads
+have no [V, d] matrix to tie, so all heads compare like for like) and sparse embedding gradients. Any bench flag can be appended, e.g. the same token budget for every head:
 
     python examples/demo.py --time-budget 1e9 --max-tokens 300K     # equal data instead of equal time
 """
@@ -30,6 +31,8 @@ DEFAULTS = [
     "--time-budget", "35",
     "--eval-tokens", "8K",
     "--threads", "2",
+    "--sparse",
+    "--no-tie",
     "--out", "runs/demo",
 ]
 
