@@ -309,3 +309,75 @@ def test_linear_logsumexp_exact_and_differentiable():
     assert out.shape == (3, 4)
     _assert_parity(out, ref, (x, W, b), rtol=1e-10, atol=1e-12)
     assert torch.autograd.gradcheck(lambda a, c: linear_logsumexp(a, c, None, chunk_size=9), (x[:3], W[:20].detach().requires_grad_()))
+
+
+# ----------------------------------------------------------------------------- row-block mode
+from bigsoftmax import _full as _F  # noqa: E402
+
+
+def test_rowblock_rows_policy():
+    assert _F.rowblock_rows(1024, 1_000_000) == 0  # V = 1M: vocabulary slicing
+    assert _F.rowblock_rows(1280, 42_370) == 98  # LM size: 98 rows x 42,370 classes <= 16 MiB
+    assert _F.rowblock_rows(10, 100) == 10  # everything fits: one block
+    assert _F.rowblock_rows(1024, 100_000) == 0  # 41 rows per block: too skinny
+    assert _F.rowblock_rows(1280, 42_370, element_size=8) == 0  # fp64 halves the rows
+
+
+@pytest.fixture
+def small_rowblocks(monkeypatch):
+    """Row blocks of 3 rows (budget 3 x V fp64 values), so a small problem spans several blocks;
+    counts the calls of the row-block pass so the tests know the mode really ran."""
+    calls = []
+    real = _F._rowblock_pass
+
+    def counting(*a, **k):
+        calls.append(a[6])
+        return real(*a, **k)
+
+    monkeypatch.setattr(_F, "_MIN_ROWBLOCK", 2)
+    monkeypatch.setattr(_F, "_rowblock_pass", counting)
+    return calls
+
+
+@pytest.mark.parametrize("reduction,eps,weighted,ignore", list(itertools.product(["mean", "sum"], [0.0, 0.15],
+                                                                              [False, True], [False, True])))
+def test_rowblock_mode_parity_and_gradcheck(small_rowblocks, monkeypatch, reduction, eps, weighted, ignore):
+    x, W, b, y, cw = _problem(N=11, V=9, d=3, dtype=torch.float64, ignore=ignore, weighted=weighted, zero_weight=weighted)
+    monkeypatch.setattr(_F, "_ROWBLOCK_BYTES", 3 * 9 * 8)
+    kw = dict(ignore_index=-100, reduction=reduction, label_smoothing=eps)
+    out = linear_cross_entropy(x, W, b, y, weight_class=cw, **kw)
+    assert small_rowblocks == [3]  # the mode ran, with 3-row blocks
+    ref = F.cross_entropy(F.linear(x, W, b), y, weight=cw, **kw)
+    _assert_parity(out, ref, (x, W, b), rtol=1e-10, atol=1e-12, up=torch.tensor(1.7, dtype=torch.float64))
+    # gradcheck backpropagates twice through one graph: the second call recomputes by slicing
+    # (same math, another summation order), hence a rounding-level reentrancy tolerance
+    assert torch.autograd.gradcheck(lambda x_, W_, b_: linear_cross_entropy(x_, W_, b_, y, weight_class=cw, **kw),
+                                    (x, W, b), nondet_tol=1e-12)
+
+
+def test_rowblock_mode_fp32_parity_retain_graph_and_no_bias(small_rowblocks):
+    """Default settings at V = 40,000 fp32 use 104-row blocks (3 blocks for 250 rows): same loss and
+    gradients as the naive reference and as vocabulary slicing; a retained graph backpropagates twice."""
+    x, W, b, y, _ = _problem(N=250, V=40_000, d=8)
+    out = linear_cross_entropy(x, W, b, y)
+    assert small_rowblocks == [104]
+    ref = F.cross_entropy(F.linear(x, W, b), y)
+    sliced = linear_cross_entropy(x, W, b, y, chunk_size=4096)
+    assert small_rowblocks == [104]  # an explicit chunk_size keeps slicing
+    torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-5)
+    g1 = torch.autograd.grad(out * 3.0, (x, W, b), retain_graph=True)
+    g2 = torch.autograd.grad(out * 3.0, (x, W, b))
+    for a, a2, c, s in zip(g1, g2, torch.autograd.grad(ref * 3.0, (x, W, b)), torch.autograd.grad(sliced * 3.0, (x, W, b))):
+        torch.testing.assert_close(a, c, rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(a, s, rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(a2, a)
+    out_nb = linear_cross_entropy(x, W, None, y, reduction="sum")
+    x64, W64 = (t.detach().double().requires_grad_() for t in (x, W))  # fp64 reference: sums of 40K terms
+    ref_nb = F.cross_entropy(F.linear(x64, W64), y, reduction="sum")
+    torch.testing.assert_close(out_nb.double(), ref_nb, rtol=1e-6, atol=1e-3)
+    for a, c in zip(torch.autograd.grad(out_nb, (x, W)), torch.autograd.grad(ref_nb, (x64, W64))):
+        torch.testing.assert_close(a.double(), c, rtol=1e-5, atol=3e-5)  # naive fp32 itself is off by 4.7e-5
+    with torch.no_grad():  # evaluation: no row blocks, no gradients computed
+        linear_cross_entropy(x, W, b, y)
+    linear_cross_entropy(x, W, b, y, reduction="none")
+    assert small_rowblocks == [104, 104]

@@ -33,6 +33,15 @@ Implementation (a custom autograd Function, two passes over vocabulary slices):
 * backward: recomputes each slice's logits, forms ``E = |a_i α_i| · p_ic`` in place with a single
   exponential, then ``grad_x += E @ W_s``, ``grad_W[s] = E.T @ x``, ``grad_b[s] = E.sum(0)``.
 
+Row-block mode (small vocabularies). When a training call uses the automatic chunk size and a
+block of at least 64 rows × all V classes fits in 16 MiB (V ≲ 65K in fp32), the forward call
+processes the rows in such blocks instead: each block's logits are computed once, exponentiated,
+and turned into ``grad_x``, ``grad_W``, ``grad_b`` on the spot (accumulated over blocks), so a step
+costs three GEMMs instead of four; backward only rescales the stored gradients in place by the
+upstream gradient and hands them over (a retained graph's later backward calls recompute them by
+slicing, so ``retain_graph=True`` still works). ``reduction='none'``, explicit
+``chunk_size``, reduced-precision logits (autocast / half) and calls without grad use slicing.
+
 Exponentials are computed as ``exp2`` of logits pre-scaled by log2(e) (the scale is folded into x
 and the ``addmm`` bias factor), which is several times faster than ``exp`` on CPU at the same
 accuracy; the row shift ``lse_i − log|a_i α_i|`` folds the softmax normalisation and the upstream
@@ -50,7 +59,7 @@ import torch
 from torch import Tensor
 from torch.autograd.function import once_differentiable
 
-__all__ = ["linear_cross_entropy", "linear_logsumexp", "default_chunk_size"]
+__all__ = ["linear_cross_entropy", "linear_logsumexp", "default_chunk_size", "rowblock_rows"]
 
 _LOG2E = 1.0 / math.log(2.0)
 _LN2 = math.log(2.0)
@@ -60,6 +69,21 @@ _REDUCTIONS = ("mean", "sum", "none")
 _SLICE_BYTES = 8 * 2**20
 _MIN_CHUNK = 512
 _MAX_CHUNK = 32768
+#: row-block mode (small vocabularies): bytes of one [rows, V] block, and the fewest rows per block
+#: worth it (skinnier GEMMs re-read W too often and lose to vocabulary slicing)
+_ROWBLOCK_BYTES = 16 * 2**20
+_MIN_ROWBLOCK = 64
+
+
+def rowblock_rows(num_rows: int, num_classes: int, element_size: int = 4) -> int:
+    """Rows per block of the row-block training mode, or 0 when vocabulary slicing is used.
+
+    Row blocks hold every class of ``rows`` rows (``rows · V`` values within ``_ROWBLOCK_BYTES``), so
+    each block's logits are computed once and turned into gradients on the spot: 3 GEMMs per step
+    instead of 4. Worth it only while a block still has at least ``_MIN_ROWBLOCK`` rows (or all rows).
+    """
+    rows = min(num_rows, _ROWBLOCK_BYTES // max(1, num_classes * element_size))
+    return int(rows) if rows >= min(num_rows, _MIN_ROWBLOCK) and rows > 0 else 0
 
 
 def default_chunk_size(num_rows: int, num_classes: int) -> int:
@@ -82,16 +106,19 @@ def _acc_dtype(cdt: torch.dtype) -> torch.dtype:
 
 
 def _row_stats(x2: Tensor, W: Tensor, b: Optional[Tensor], chunk: int, cdt: torch.dtype, acc: torch.dtype,
-               cw: Optional[Tensor], smoothing: bool):
-    """Pass 1. Returns ``lse2 [M]`` (base-2 logsumexp of the logits) and, when ``smoothing``, ``u [d]``
-    (``Σ_c w_c W_c``) and ``wb`` (``Σ_c w_c b_c``), in ``acc``.
+               cw: Optional[Tensor], smoothing: bool, buf: Optional[Tensor] = None):
+    """Pass 1. Returns ``lse2 [M]`` (base-2 logsumexp of the logits), when ``smoothing`` ``u [d]``
+    (``Σ_c w_c W_c``) and ``wb`` (``Σ_c w_c b_c``), in ``acc``, and the row max ``m2 [M]``.
 
-    ``x2 [M, d]`` is the input already scaled by log2(e) and cast to ``cdt``.
+    ``x2 [M, d]`` is the input already scaled by log2(e) and cast to ``cdt``. ``buf`` (optional,
+    ``[M, min(chunk, V)]``): the slice workspace; with a single slice (``chunk >= V``, ``cdt == acc``)
+    it holds ``exp2(z2 − m2)`` on return, which the row-block mode turns into probabilities.
     """
     M, d = x2.shape
     V = W.shape[0]
     m_run = s_run = None
-    buf = x2.new_empty(M, min(chunk, V))
+    if buf is None:
+        buf = x2.new_empty(M, min(chunk, V))
     u = torch.zeros(d, dtype=acc, device=x2.device) if smoothing else None
     wb = torch.zeros((), dtype=acc, device=x2.device) if smoothing else None
     for s0 in range(0, V, chunk):
@@ -126,16 +153,21 @@ def _row_stats(x2: Tensor, W: Tensor, b: Optional[Tensor], chunk: int, cdt: torc
                 if b is not None:
                     wb += (ws * b[s0:s1].to(acc)).sum()
     lse2 = m_run + torch.log2(s_run)
-    return lse2, u, wb
+    return lse2, u, wb, m_run
 
 
 def _grad_pass(x: Tensor, W: Tensor, b: Optional[Tensor], y: Tensor, lse2: Tensor, a: Tensor, cw: Optional[Tensor],
                eps: float, u: Optional[Tensor], chunk: int, cdt: torch.dtype, acc: torch.dtype,
-               need_x: bool, need_W: bool, need_b: bool):
+               need_x: bool, need_W: bool, need_b: bool, E0: Optional[Tensor] = None, m2: Optional[Tensor] = None,
+               into=None):
     """Pass 2: gradients of ``Σ_i a_i · loss_i`` over the kept rows.
 
     x [M, d] (kept rows, original dtype), y [M], lse2 [M] and a [M] (upstream per row, ``acc``).
     Returns (grad_x [M, d] in acc, grad_W [V, d] in cdt, grad_b [V] in acc), None where not needed.
+
+    Row-block mode: ``E0 [M, V]`` = ``exp2(z2 − m2)`` left by :func:`_row_stats` over one slice
+    (``chunk >= V``) replaces the recomputed logits, and ``into = (grad_W, grad_b)`` (zero-initialised,
+    or None entries) are accumulated into instead of written, so blocks of rows can be summed.
     """
     M, d = x.shape
     V = W.shape[0]
@@ -149,9 +181,15 @@ def _grad_pass(x: Tensor, W: Tensor, b: Optional[Tensor], y: Tensor, lse2: Tenso
         ab = a * ((1.0 - eps) * wy)
     gamma = eps / V
 
+    accumulate = into is not None
+    if E0 is not None and (chunk < V or cdt != acc):
+        raise AssertionError("row-block mode needs one vocabulary slice in the accumulation dtype")
     gx = torch.zeros(M, d, dtype=acc, device=dev) if need_x else None
-    gW = torch.empty(V, d, dtype=cdt, device=dev) if need_W else None
-    gb = torch.empty(V, dtype=acc, device=dev) if need_b else None
+    if accumulate:
+        gW, gb = into
+    else:
+        gW = torch.empty(V, d, dtype=cdt, device=dev) if need_W else None
+        gb = torch.empty(V, dtype=acc, device=dev) if need_b else None
 
     active = alpha != 0
     all_active = bool(active.all())
@@ -171,20 +209,25 @@ def _grad_pass(x: Tensor, W: Tensor, b: Optional[Tensor], y: Tensor, lse2: Tenso
         shift2 = shift2 - torch.log2(coef.abs())
         x2 = xc * _LOG2E
         xs = (xc * sgn[:, None].to(cdt)) if any_neg else xc
-        buf = x2.new_empty(R, min(chunk, V))
+        buf = x2.new_empty(R, min(chunk, V)) if E0 is None else None
         gxr = gx if (all_active or not need_x) else torch.zeros(R, d, dtype=acc, device=dev)
     for s0 in range(0, V, chunk):
         s1 = min(V, s0 + chunk)
         Ws = W[s0:s1].to(cdt)
         if R > 0:
-            E = buf[:, : s1 - s0]
-            if b is not None:
-                torch.addmm(b[s0:s1].to(cdt), x2, Ws.t(), beta=_LOG2E, out=E)
+            if E0 is not None:  # logits already exponentiated by pass 1: rescale rows, no GEMM
+                E = E0 if all_active else E0[rows]
+                m2r = m2 if all_active else m2[rows]
+                E.mul_(torch.exp2(m2r - shift2)[:, None])  # |a_i alpha_i| * p_ic
             else:
-                torch.mm(x2, Ws.t(), out=E)
-            if cdt != acc:
-                E = E.to(acc)
-            E.sub_(shift2[:, None]).exp2_()  # |a_i alpha_i| * p_ic
+                E = buf[:, : s1 - s0]
+                if b is not None:
+                    torch.addmm(b[s0:s1].to(cdt), x2, Ws.t(), beta=_LOG2E, out=E)
+                else:
+                    torch.mm(x2, Ws.t(), out=E)
+                if cdt != acc:
+                    E = E.to(acc)
+                E.sub_(shift2[:, None]).exp2_()  # |a_i alpha_i| * p_ic
             Ec = E if cdt == acc else E.to(cdt)
             if need_x:
                 if cdt == acc:
@@ -192,13 +235,18 @@ def _grad_pass(x: Tensor, W: Tensor, b: Optional[Tensor], y: Tensor, lse2: Tenso
                 else:
                     gxr += (Ec @ Ws).to(acc)
             if need_W:
-                torch.mm(Ec.t(), xs, out=gW[s0:s1])
+                if accumulate:
+                    gW[s0:s1].addmm_(Ec.t(), xs)
+                else:
+                    torch.mm(Ec.t(), xs, out=gW[s0:s1])
             if need_b:
-                if any_neg:
+                if accumulate:
+                    gb[s0:s1] += torch.mv(E.t(), sgn) if any_neg else E.sum(dim=0)
+                elif any_neg:
                     torch.mv(E.t(), sgn, out=gb[s0:s1])
                 else:
                     torch.sum(E, dim=0, out=gb[s0:s1])
-        else:
+        elif not accumulate:
             if need_W:
                 gW[s0:s1].zero_()
             if need_b:
@@ -229,11 +277,52 @@ def _grad_pass(x: Tensor, W: Tensor, b: Optional[Tensor], y: Tensor, lse2: Tenso
     return gx, gW, gb
 
 
+def _rowblock_pass(x: Tensor, W: Tensor, b: Optional[Tensor], y: Tensor, cw: Optional[Tensor], eps: float,
+                   rows: int, cdt: torch.dtype, acc: torch.dtype, reduction: str,
+                   need_x: bool, need_W: bool, need_b: bool):
+    """Forward and gradients together, in blocks of ``rows`` rows holding every class (3 GEMMs).
+
+    For each block: the logits ``[rows, V]`` once (:func:`_row_stats` with a single slice), then
+    :func:`_grad_pass` turns the same buffer into ``|a_i α_i| p_ic`` and accumulates ``grad_W`` /
+    ``grad_b``. The upstream scale is 1 (``'sum'``) or ``1 / denominator`` (``'mean'``); backward
+    rescales by the real upstream gradient. Returns ``lse2 [M]``, ``u``, ``wb`` (as
+    :func:`_row_stats`) and ``(grad_x [M, d], grad_W, grad_b)``.
+    """
+    M, d = x.shape
+    V = W.shape[0]
+    dev = x.device
+    if reduction == "mean":
+        denom = float(M) if cw is None else cw[y].sum()
+        scale = 1.0 / denom
+    else:
+        scale = 1.0
+    gx = torch.empty(M, d, dtype=acc, device=dev) if need_x else None
+    gW = torch.zeros(V, d, dtype=cdt, device=dev) if need_W else None
+    gb = torch.zeros(V, dtype=acc, device=dev) if need_b else None
+    lse2 = torch.empty(M, dtype=acc, device=dev)
+    buf = torch.empty(min(rows, M), V, dtype=cdt, device=dev)
+    u = wb = None
+    for s0 in range(0, M, rows):
+        s1 = min(M, s0 + rows)
+        xb, yb = x[s0:s1], y[s0:s1]
+        E0 = buf[: s1 - s0]
+        l2, ub, wbb, m2 = _row_stats(xb.to(cdt) * _LOG2E, W, b, V, cdt, acc, cw, eps > 0 and s0 == 0, buf=E0)
+        if s0 == 0:
+            u, wb = ub, wbb
+        lse2[s0:s1] = l2
+        a = torch.ones(s1 - s0, dtype=acc, device=dev) * scale
+        gxb, _, _ = _grad_pass(xb, W, b, yb, l2, a, cw, eps, u, V, cdt, acc, need_x, need_W, need_b,
+                               E0=E0, m2=m2, into=(gW, gb))
+        if need_x:
+            gx[s0:s1] = gxb
+    return lse2, u, wb, (gx, gW, gb)
+
+
 class _LinearCrossEntropy(torch.autograd.Function):
     """Chunked exact softmax cross-entropy; see the module docstring for the math."""
 
     @staticmethod
-    def forward(ctx, x, W, b, y, cw, ignore_index, reduction, eps, chunk, cdt, precompute):
+    def forward(ctx, x, W, b, y, cw, ignore_index, reduction, eps, chunk, cdt, precompute, rowblock):
         acc = _acc_dtype(cdt)
         N = x.shape[0]
         V = W.shape[0]
@@ -243,10 +332,18 @@ class _LinearCrossEntropy(torch.autograd.Function):
         yk = y if all_kept else y[keep]
         M = xk.shape[0]
         smoothing = eps > 0
+        need = ctx.needs_input_grad
+        rows = rowblock_rows(M, V, torch.finfo(cdt).bits // 8) if rowblock else 0
+        rows = rows if (rows and cdt == acc and reduction != "none" and any(need[:3])) else 0
+        ctx.stash = None
         with torch.autocast(x.device.type, enabled=False):
-            if M > 0:
+            if M > 0 and rows:
+                lse2, u, wb, ctx.stash = _rowblock_pass(xk, W, b, yk, cw, eps, rows, cdt, acc, reduction, need[0],
+                                                        need[1], need[2] and b is not None)
+            elif M > 0:
                 x2 = xk.to(cdt) * _LOG2E
-                lse2, u, wb = _row_stats(x2, W, b, chunk, cdt, acc, cw, smoothing)
+                lse2, u, wb, _ = _row_stats(x2, W, b, chunk, cdt, acc, cw, smoothing)
+            if M > 0:
                 lse = lse2 * _LN2
                 zy = (xk.to(cdt).to(acc) * W[yk].to(cdt).to(acc)).sum(dim=1)
                 if b is not None:
@@ -273,10 +370,10 @@ class _LinearCrossEntropy(torch.autograd.Function):
                 denom = per.new_tensor(float(M)) if cw is None else wy.sum()
                 out = per.sum() / denom
 
-            ctx.stash = None
-            need = ctx.needs_input_grad
-            ctx.precomputed = bool(precompute and reduction != "none" and M > 0 and any(need[:3]))
-            if ctx.precomputed:
+            # row-block mode: the gradients are already in ctx.stash
+            ctx.rowblock = ctx.stash is not None
+            ctx.precomputed = ctx.rowblock or bool(precompute and reduction != "none" and M > 0 and any(need[:3]))
+            if ctx.precomputed and not ctx.rowblock:
                 a = torch.ones(M, dtype=acc, device=x.device)
                 if reduction == "mean":
                     a = a / denom
@@ -307,7 +404,9 @@ class _LinearCrossEntropy(torch.autograd.Function):
         need_b = need_b and b is not None
         keep = None if all_kept else (y != ignore_index)
         with torch.autocast(x.device.type, enabled=False):
-            if ctx.precomputed:
+            # row-block mode hands its gradients over on the first backward; a retained graph's later
+            # backward calls recompute them by vocabulary slicing from the saved lse (else branch)
+            if ctx.precomputed and (ctx.stash is not None or not ctx.rowblock):
                 if ctx.stash is None:
                     raise RuntimeError("linear_cross_entropy(precompute=True) supports a single backward; "
                                        "use precompute=False for retain_graph=True")
@@ -347,7 +446,7 @@ class _LinearCrossEntropy(torch.autograd.Function):
             if gb is not None:
                 gb = gb.to(b.dtype)
         return (gx if need_x else None, gW if need_W else None, gb if need_b else None,
-                None, None, None, None, None, None, None, None)
+                None, None, None, None, None, None, None, None, None)
 
 
 # ----------------------------------------------------------------------------- public function
@@ -386,7 +485,8 @@ def linear_cross_entropy(
         label_smoothing: ε in [0, 1]: the target becomes ``(1 − ε) · onehot + ε / V``, with the
             class weights applied to both terms exactly like F.cross_entropy.
         chunk_size: classes per vocabulary slice (default :func:`default_chunk_size`); peak extra
-            memory is about ``N · chunk_size`` floats.
+            memory is about ``N · chunk_size`` floats. With the default, small vocabularies train in
+            row blocks of at most 16 MiB instead (:func:`rowblock_rows`; see the module docstring).
         precompute: compute the gradients inside the forward call (scalar reductions only) and
             only rescale them in backward. The same FLOPs as the default; it moves the work, holds
             a ``[V, d]`` gradient between forward and backward and allows a single backward. Off by
@@ -456,7 +556,10 @@ def linear_cross_entropy(
     # precompute only when a graph is being built (under no_grad the forward pass alone runs)
     wants_grad = input.requires_grad or weight.requires_grad or (bias is not None and bias.requires_grad)
     precompute = bool(precompute) and torch.is_grad_enabled() and wants_grad
-    out = _LinearCrossEntropy.apply(x, weight, bias, y, cw, ignore_index, reduction, eps, chunk, cdt, precompute)
+    # row-block mode (3 GEMMs) for small vocabularies when training with the automatic chunk size
+    rowblock = chunk_size is None and not precompute and torch.is_grad_enabled() and wants_grad
+    out = _LinearCrossEntropy.apply(x, weight, bias, y, cw, ignore_index, reduction, eps, chunk, cdt, precompute,
+                                    rowblock)
     if reduction == "none":
         out = out.reshape(lead)
     return out
