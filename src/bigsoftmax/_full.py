@@ -105,6 +105,18 @@ def _acc_dtype(cdt: torch.dtype) -> torch.dtype:
     return torch.float64 if cdt == torch.float64 else torch.float32
 
 
+def _slice_logits2(x2: Tensor, Ws: Tensor, b: Optional[Tensor], s0: int, s1: int, cdt: torch.dtype,
+                   acc: torch.dtype, buf: Tensor) -> Tensor:
+    """Base-2 logits of classes ``[s0, s1)``: ``log2(e) · (x · W_sᵀ + b_s)`` into ``buf[:, : s1 − s0]``
+    (``x2`` is pre-scaled by log2(e), the bias scale rides on the ``addmm``), returned in ``acc``."""
+    z = buf[:, : s1 - s0]
+    if b is not None:
+        torch.addmm(b[s0:s1].to(cdt), x2, Ws.t(), beta=_LOG2E, out=z)
+    else:
+        torch.mm(x2, Ws.t(), out=z)
+    return z if cdt == acc else z.to(acc)
+
+
 def _row_stats(x2: Tensor, W: Tensor, b: Optional[Tensor], chunk: int, cdt: torch.dtype, acc: torch.dtype,
                cw: Optional[Tensor], smoothing: bool, buf: Optional[Tensor] = None):
     """Pass 1. Returns ``lse2 [M]`` (base-2 logsumexp of the logits), when ``smoothing`` ``u [d]``
@@ -124,13 +136,7 @@ def _row_stats(x2: Tensor, W: Tensor, b: Optional[Tensor], chunk: int, cdt: torc
     for s0 in range(0, V, chunk):
         s1 = min(V, s0 + chunk)
         Ws = W[s0:s1].to(cdt)
-        z = buf[:, : s1 - s0]
-        if b is not None:
-            torch.addmm(b[s0:s1].to(cdt), x2, Ws.t(), beta=_LOG2E, out=z)
-        else:
-            torch.mm(x2, Ws.t(), out=z)
-        if cdt != acc:
-            z = z.to(acc)
+        z = _slice_logits2(x2, Ws, b, s0, s1, cdt, acc, buf)
         m_s = z.amax(dim=1)
         if m_run is None:
             m_new = m_s
@@ -220,13 +226,7 @@ def _grad_pass(x: Tensor, W: Tensor, b: Optional[Tensor], y: Tensor, lse2: Tenso
                 m2r = m2 if all_active else m2[rows]
                 E.mul_(torch.exp2(m2r - shift2)[:, None])  # |a_i alpha_i| * p_ic
             else:
-                E = buf[:, : s1 - s0]
-                if b is not None:
-                    torch.addmm(b[s0:s1].to(cdt), x2, Ws.t(), beta=_LOG2E, out=E)
-                else:
-                    torch.mm(x2, Ws.t(), out=E)
-                if cdt != acc:
-                    E = E.to(acc)
+                E = _slice_logits2(x2, Ws, b, s0, s1, cdt, acc, buf)
                 E.sub_(shift2[:, None]).exp2_()  # |a_i alpha_i| * p_ic
             Ec = E if cdt == acc else E.to(cdt)
             if need_x:

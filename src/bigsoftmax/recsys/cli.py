@@ -24,27 +24,9 @@ import sys
 from pathlib import Path
 from typing import Optional, Sequence
 
+from ..cli import _pos_float, _pos_int
+
 __all__ = ["register", "main", "build_parser"]
-
-
-def _pos_int(s: str) -> int:
-    try:
-        v = int(s)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {s!r}") from None
-    if v < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {s!r}")
-    return v
-
-
-def _pos_float(s: str) -> float:
-    try:
-        v = float(s)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive number, got {s!r}") from None
-    if not (v > 0 and v != float("inf")):
-        raise argparse.ArgumentTypeError(f"expected a positive finite number, got {s!r}")
-    return v
 
 
 def _nonneg_float(s: str) -> float:
@@ -58,6 +40,7 @@ def _nonneg_float(s: str) -> float:
 
 
 def _int_list(s: str):
+    """Comma-separated positive ints; empty allowed (``--hidden ""``: no hidden layer)."""
     try:
         v = [int(x) for x in s.split(",") if x.strip()]
     except ValueError:
