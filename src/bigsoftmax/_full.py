@@ -39,7 +39,9 @@ processes the rows in such blocks instead: each block's logits are computed once
 and turned into ``grad_x``, ``grad_W``, ``grad_b`` on the spot (accumulated over blocks), so a step
 costs three GEMMs instead of four; backward only rescales the stored gradients in place by the
 upstream gradient and hands them over (a retained graph's later backward calls recompute them by
-slicing, so ``retain_graph=True`` still works). ``reduction='none'``, explicit
+slicing, so ``retain_graph=True`` still works). Between forward and backward it holds the
+gradients (as much memory as ``W``'s gradient, which training allocates anyway) plus one 16 MiB
+block during the forward. ``reduction='none'``, explicit
 ``chunk_size``, reduced-precision logits (autocast / half) and calls without grad use slicing.
 
 Exponentials are computed as ``exp2`` of logits pre-scaled by log2(e) (the scale is folded into x
