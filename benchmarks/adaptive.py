@@ -21,6 +21,7 @@ from pathlib import Path
 
 import torch
 
+from _timing import timeit  # benchmarks/_timing.py (the script's folder is on sys.path)
 from bigsoftmax.heads.adaptive import AdaptiveSoftmax
 
 
@@ -61,13 +62,7 @@ def gemm_roofline(m: AdaptiveSoftmax, x, y, repeats):
                 _ = z @ w
                 _ = z.t() @ a
 
-        run()
-        ts = []
-        for _ in range(repeats):
-            t = time.perf_counter()
-            run()
-            ts.append(time.perf_counter() - t)
-    return statistics.median(ts)
+        return timeit(run, repeats)
 
 
 def bench(V, cutoffs, d, N, repeats, seed=0):
