@@ -15,7 +15,6 @@ Names: ``full``, ``sampled``, ``nce``, ``logistic``, ``negsampling``, ``hierarch
 from __future__ import annotations
 
 import inspect
-import math
 from dataclasses import asdict, dataclass, field
 from typing import Callable, Dict, List, Optional, Sequence
 
@@ -116,8 +115,7 @@ def _counts_tensor(counts):
     return torch.as_tensor(np.asarray(counts, dtype=np.float64))
 
 
-def _build_sampling(cls, in_features: int, counts, o: HeadOptions, default_sampler: str = "log_uniform",
-                    self_normalised: bool = False):
+def _build_sampling(cls, in_features: int, counts, o: HeadOptions, default_sampler: str = "log_uniform"):
     V = len(counts)
     S = o.num_sampled if o.num_sampled is not None else default_num_sampled(V)
     if not isinstance(S, int) or isinstance(S, bool) or S < 1:
@@ -131,14 +129,7 @@ def _build_sampling(cls, in_features: int, counts, o: HeadOptions, default_sampl
     else:
         kw["sampler"] = make_sampler(o.sampler or default_sampler, counts, True, o.distortion)
     kw.update(o.extra)
-    head = cls(in_features, V, **_accepted(cls, kw))
-    if self_normalised and isinstance(getattr(head, "bias", None), torch.nn.Parameter):
-        # NCE treats exp(z_c) as an unnormalised probability with Z = 1 (Mnih & Teh 2012): start from
-        # the uniform distribution, z_c = -log V, instead of sum_c exp(z_c) = V. Without this, classes
-        # the sampler rarely proposes keep z ~ 0 and the exact softmax puts most mass on them early on.
-        with torch.no_grad():
-            head.bias.fill_(-math.log(V))
-    return head
+    return cls(in_features, V, **_accepted(cls, kw))
 
 
 def _build_plain(cls, in_features: int, counts, o: HeadOptions):
@@ -183,9 +174,9 @@ HEADS: Dict[str, HeadSpec] = {
         HeadSpec("sampled", "SampledSoftmax", "sampled softmax with log Q correction (Jean et al. 2015)", "sampling",
                  _build_sampling),
         HeadSpec("nce", "NCE", "noise-contrastive estimation (Gutmann & Hyvarinen 2010; Mnih & Teh 2012)", "sampling",
-                 lambda cls, d, c, o: _build_sampling(cls, d, c, o, self_normalised=True)),
+                 _build_sampling),  # the head starts its bias at -log V itself (self-normalised start)
         HeadSpec("logistic", "SampledLogistic", "sampled logistic loss (TF candidate-sampling 'logistic')", "sampling",
-                 lambda cls, d, c, o: _build_sampling(cls, d, c, o, self_normalised=True)),
+                 _build_sampling),  # the head starts its bias at -log V itself (self-normalised start)
         HeadSpec("negsampling", "NegativeSampling", "negative sampling (Mikolov et al. 2013)", "sampling",
                  lambda cls, d, c, o: _build_sampling(cls, d, c, o, default_sampler="counts")),
         HeadSpec("hierarchical", "HierarchicalSoftmax", "binary Huffman-tree hierarchical softmax (Morin & Bengio 2005)",
