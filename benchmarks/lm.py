@@ -164,21 +164,17 @@ def assemble(d: Path, note: str = "") -> None:
                                                indent=1))
     old_md = (d / "results.md").read_text(encoding="utf-8") if (d / "results.md").is_file() else ""
     if "\n| head |" in old_md:  # keep the bench's own header (data sizes, load average), swap the table
-        head = old_md[: old_md.index("\n| head |")].rstrip("\n").split("\n")
-        md = [*head, *([f"- {note}"] if note else []), "", table, ""]
-        if plotted:
-            md += ["![perplexity vs training time](pareto.png)", ""]
-        (d / "results.md").write_text("\n".join(md), encoding="utf-8")
-        return
-    md = [f"# bigsoftmax bench: {runs[0]['corpus']}", "",
-          f"- corpus `{runs[0]['corpus']}`: V = {V:,}; exact validation perplexity on the first "
-          f"{cfg.get('eval_tokens') or 'all'} valid tokens",
-          f"- model: {cfg['model']}, d = {cfg['d_model']}, {cfg['num_layers']} layer(s), batch {cfg['batch_size']} x "
-          f"{cfg['seq_len']} tokens, Adam lr {cfg['lr']}, seed {cfg['seed']}; {budget}; "
-          f"{'sparse' if cfg.get('sparse') else 'dense'} embedding gradients",
-          f"- sampling heads: S = V/16 = {V // 16} candidates (log-uniform; unigram^0.75 for negsampling)",
-          "- 2 torch threads; speed-up = tokens/s of the head / tokens/s of the full softmax",
-          *([f"- {note}"] if note else []), "", table, ""]
+        header = old_md[: old_md.index("\n| head |")].rstrip("\n").split("\n")
+    else:
+        header = [f"# bigsoftmax bench: {runs[0]['corpus']}", "",
+                  f"- corpus `{runs[0]['corpus']}`: V = {V:,}; exact validation perplexity on the first "
+                  f"{cfg.get('eval_tokens') or 'all'} valid tokens",
+                  f"- model: {cfg['model']}, d = {cfg['d_model']}, {cfg['num_layers']} layer(s), batch "
+                  f"{cfg['batch_size']} x {cfg['seq_len']} tokens, Adam lr {cfg['lr']}, seed {cfg['seed']}; {budget}; "
+                  f"{'sparse' if cfg.get('sparse') else 'dense'} embedding gradients",
+                  f"- sampling heads: S = V/16 = {V // 16} candidates (log-uniform; unigram^0.75 for negsampling)",
+                  "- 2 torch threads; speed-up = tokens/s of the head / tokens/s of the full softmax"]
+    md = [*header, *([f"- {note}"] if note else []), "", table, ""]
     if plotted:
         md += ["![perplexity vs training time](pareto.png)", ""]
     (d / "results.md").write_text("\n".join(md), encoding="utf-8")
