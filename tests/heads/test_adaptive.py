@@ -484,3 +484,14 @@ def test_bad_arguments_and_targets():
         a.topk(x, 51)
     with pytest.raises(ValueError, match="k must be an int in"):
         a.topk(x, 0)
+
+
+def test_zero_dim_tail_clusters_warn_with_the_dims():
+    """Issue 14 item 10: floor(8 / 4**j) = [2, 0, 0] leaves two clusters stuck at uniform."""
+    with pytest.warns(UserWarning, match=r"tail dims .* = \[2, 0, 0\] include 0"):
+        AdaptiveSoftmax(8, 50, cutoffs=[10, 20, 30])
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        AdaptiveSoftmax(16, 50, cutoffs=[10, 20])  # dims [4, 1]: no warning

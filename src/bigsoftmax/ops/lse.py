@@ -72,6 +72,8 @@ __all__ = [
     "lse2_of",
     "target_logit",
     "smoothing_stats",
+    "Grads",
+    "new_grads",
     "dense_grads",
     "onehot_grads",
     "smoothing_grads",
@@ -275,22 +277,24 @@ def smoothing_stats(W: Tensor, b: Optional[Tensor], cw: Optional[Tensor], acc: t
 
 
 # ============================================================================ gradient steps
-class _Grads(NamedTuple):
+class Grads(NamedTuple):
+    """Gradient buffers of one shard: ``gx [M, d]`` (acc), ``gW [V, d]`` (cdt), ``gb [V]`` (acc); None where not needed."""
+
     gx: Optional[Tensor]
     gW: Optional[Tensor]
     gb: Optional[Tensor]
 
 
-def _new_grads(M: int, d: int, V: int, p: KernelParams, need, device, zero_W: bool) -> _Grads:
-    """Gradient buffers: ``grad_x [M, d]`` (acc, zeros), ``grad_W [V, d]`` (cdt), ``grad_b [V]`` (acc)."""
+def new_grads(M: int, d: int, V: int, p: KernelParams, need, device, zero_W: bool) -> Grads:
+    """``need = (x, W, b)`` flags -> gradient buffers: ``grad_x [M, d]`` (acc, zeros), ``grad_W [V, d]`` (cdt), ``grad_b [V]`` (acc)."""
     new = torch.zeros if zero_W else torch.empty
-    return _Grads(torch.zeros(M, d, dtype=p.acc, device=device) if need[0] else None,
+    return Grads(torch.zeros(M, d, dtype=p.acc, device=device) if need[0] else None,
                   new(V, d, dtype=p.cdt, device=device) if need[1] else None,
                   new(V, dtype=p.acc, device=device) if need[2] else None)
 
 
 def dense_grads(x: Tensor, W: Tensor, b: Optional[Tensor], y: Optional[Tensor], lse2: Tensor, dense: Tensor,
-                p: KernelParams, out: _Grads, accumulate: bool, E0: Optional[Tensor] = None,
+                p: KernelParams, out: Grads, accumulate: bool, E0: Optional[Tensor] = None,
                 m2: Optional[Tensor] = None) -> None:
     """Add the dense part ``dense_i · p_ic`` of this shard's logit gradient into ``out``.
 
@@ -346,7 +350,7 @@ def dense_grads(x: Tensor, W: Tensor, b: Optional[Tensor], y: Optional[Tensor], 
 
 
 def _slice_grads(E: Tensor, xs: Tensor, Ws: Tensor, sgn: Optional[Tensor], p: KernelParams, gxr: Optional[Tensor],
-                 out: _Grads, s0: int, s1: int, accumulate: bool) -> None:
+                 out: Grads, s0: int, s1: int, accumulate: bool) -> None:
     """One slice's ``E = |dense| p`` into ``grad_x += E @ W_s``, ``grad_W[s] (+)= E.T @ (sign · x)``,
     ``grad_b[s] (+)= E.T @ sign``."""
     Ec = E if p.cdt == p.acc else E.to(p.cdt)
@@ -368,7 +372,7 @@ def _slice_grads(E: Tensor, xs: Tensor, Ws: Tensor, sgn: Optional[Tensor], p: Ke
             out.gb[s0:s1] = col
 
 
-def onehot_grads(x: Tensor, W: Tensor, y: Tensor, onehot: Tensor, p: KernelParams, out: _Grads) -> None:
+def onehot_grads(x: Tensor, W: Tensor, y: Tensor, onehot: Tensor, p: KernelParams, out: Grads) -> None:
     """Add the target part ``onehot_i · [c = y_i]``: ``grad_x_i += onehot_i W_{y_i}``, rows ``y_i`` of
     ``grad_W`` / ``grad_b`` (``index_add_``, in a fixed order on CPU)."""
     if out.gx is not None:
@@ -379,7 +383,7 @@ def onehot_grads(x: Tensor, W: Tensor, y: Tensor, onehot: Tensor, p: KernelParam
         out.gb.index_add_(0, y, onehot)
 
 
-def smoothing_grads(x: Tensor, smooth: Tensor, u: Tensor, cw: Optional[Tensor], p: KernelParams, out: _Grads) -> None:
+def smoothing_grads(x: Tensor, smooth: Tensor, u: Tensor, cw: Optional[Tensor], p: KernelParams, out: Grads) -> None:
     """Add the smoothing part ``smooth_i · w_c``: ``grad_x_i += smooth_i u``, ``grad_W_c += w_c Σ_i smooth_i x_i``,
     ``grad_b_c += w_c Σ_i smooth_i`` (``u = Σ_c w_c W_c`` from :func:`smoothing_stats`)."""
     if out.gx is not None:
@@ -395,11 +399,11 @@ def smoothing_grads(x: Tensor, smooth: Tensor, u: Tensor, cw: Optional[Tensor], 
 
 
 def _all_grads(x, W, b, y, lse2, coefs: GradCoefs, p: KernelParams, need, u=None, cw=None, out=None,
-               E0=None, m2=None) -> _Grads:
+               E0=None, m2=None) -> Grads:
     """``dense_grads`` + ``onehot_grads`` + ``smoothing_grads`` of one shard; ``out`` given: accumulate."""
     accumulate = out is not None
     if out is None:
-        out = _new_grads(x.shape[0], x.shape[1], W.shape[0], p, need, x.device, zero_W=False)
+        out = new_grads(x.shape[0], x.shape[1], W.shape[0], p, need, x.device, zero_W=False)
     dense_grads(x, W, b, y, lse2, coefs.dense, p, out, accumulate, E0=E0, m2=m2)
     if coefs.onehot is not None:
         onehot_grads(x, W, y, coefs.onehot, p, out)
@@ -449,7 +453,7 @@ def _ce_forward(x, W, b, y, cw, p: KernelParams) -> _CE:
     return _CE(_ce_per_row(x, W, b, y, lse2, cw, u, wb, p), lse2, u)
 
 
-def _rowblock_forward(x, W, b, y, cw, p: KernelParams, rows: int, scale: float, need) -> Tuple[_CE, _Grads]:
+def _rowblock_forward(x, W, b, y, cw, p: KernelParams, rows: int, scale: float, need) -> Tuple[_CE, Grads]:
     """Forward and gradients together in blocks of ``rows`` rows holding every class (3 GEMMs).
 
     Each block's logits ``[rows, V]`` are computed once (:func:`local_row_stats` over one slice), then
@@ -461,7 +465,7 @@ def _rowblock_forward(x, W, b, y, cw, p: KernelParams, rows: int, scale: float, 
     V = W.shape[0]
     pb = replace(p, chunk=V)
     u, wb = smoothing_stats(W, b, cw, p.acc) if p.label_smoothing > 0 else (None, None)
-    grads = _new_grads(M, d, V, p, need, x.device, zero_W=True)
+    grads = new_grads(M, d, V, p, need, x.device, zero_W=True)
     lse2 = torch.empty(M, dtype=p.acc, device=x.device)
     buf = torch.empty(min(rows, M), V, dtype=p.cdt, device=x.device)
     for s0 in range(0, M, rows):
@@ -470,13 +474,13 @@ def _rowblock_forward(x, W, b, y, cw, p: KernelParams, rows: int, scale: float, 
         stats = local_row_stats(xb.to(p.cdt) * LOG2E, W, b, pb, buf=E0)
         lse2[s0:s1] = lse2_of(*stats)
         a = torch.full((s1 - s0,), scale, dtype=p.acc, device=x.device)
-        block = _Grads(None if grads.gx is None else grads.gx[s0:s1], grads.gW, grads.gb)
+        block = Grads(None if grads.gx is None else grads.gx[s0:s1], grads.gW, grads.gb)
         _all_grads(xb, W, b, yb, lse2[s0:s1], _ce_coefs(a, yb, cw, V, p.label_smoothing), pb, need, u, cw,
                    out=block, E0=E0, m2=stats.m2)
     return _CE(_ce_per_row(x, W, b, y, lse2, cw, u, wb, p), lse2, u), grads
 
 
-def _scale_grads_(grads: _Grads, g: Tensor, acc: torch.dtype) -> _Grads:
+def _scale_grads_(grads: Grads, g: Tensor, acc: torch.dtype) -> Grads:
     """Multiply precomputed gradients by the scalar upstream gradient ``g`` in place."""
     gs = g.to(acc)
     if bool(gs != 1):
@@ -554,7 +558,7 @@ class _LinearCrossEntropy(torch.autograd.Function):
             if ctx.stash is not None:  # precomputed in forward: hand over, scaled in place
                 grads, ctx.stash = _scale_grads_(ctx.stash, g, p.acc), None
             elif M == 0:
-                grads = _new_grads(0, x.shape[1], W.shape[0], p, need, x.device, zero_W=True)
+                grads = new_grads(0, x.shape[1], W.shape[0], p, need, x.device, zero_W=True)
             elif cfg.rowblock_rows:
                 # a retained graph's later backward: rerun the same row blocks (bit-identical gradients)
                 _, grads = _rowblock_forward(xk, W, b, yk, cw, p, cfg.rowblock_rows, 1.0 / float(denom), need)
