@@ -111,7 +111,6 @@ def test_mixed_dtypes_cast_hidden_to_the_parameter_dtype(name):
 @pytest.mark.parametrize("name", ["NCE", "SampledLogistic", "NegativeSampling", "SampledSoftmax", "FullSoftmax"])
 def test_fp16_training_mean_is_finite(name):
     """Issue 14 item 8: 20,000 rows whose losses fit fp16 but whose fp16 sum does not."""
-    head = _make(name, torch.float16)
     g = torch.Generator().manual_seed(4)
     h = (torch.randn(20_000, D, generator=g) * 3).half()
     y = torch.randint(0, V, (20_000,), generator=g)
