@@ -33,7 +33,28 @@ class FullSoftmax(LinearEvalMixin, Head):
     ``weight=`` ties the head to an existing ``nn.Parameter`` of shape [V, d] — typically the input
     embedding of a language model — instead of creating one. ``class_weight`` ([V], a buffer) is
     F.cross_entropy's per-class rescaling weight. :meth:`from_linear` wraps an existing
-    ``nn.Linear(d, V)``, sharing (not copying) its parameters.
+    ``nn.Linear(d, V)``, sharing (not copying) its parameters. In eval mode ``forward`` is the exact
+    NLL (no label smoothing, no class weights), like every head.
+
+    Args:
+        in_features: d. num_classes: V (>= 2).
+        bias: learn a per-class bias.
+        ignore_index: target value that contributes neither loss nor gradient.
+        reduction: ``'mean'`` (over kept rows, or their class weights), ``'sum'`` or ``'none'``.
+        label_smoothing: ε in [0, 1] (training mode only).
+        class_weight: optional ``[V]`` per-class weights, finite and >= 0 (training mode only).
+        weight: an ``nn.Parameter [V, d]`` to tie to instead of creating one.
+        chunk_size: classes per vocabulary slice (default automatic).
+
+    Shape:
+        - hidden: :math:`(*, d)`; target: :math:`(*)`.
+        - output: scalar, or :math:`(*)` for ``reduction='none'``.
+
+    Examples::
+
+        >>> head = FullSoftmax(64, 10_000, label_smoothing=0.1)
+        >>> loss = head(torch.randn(8, 64), torch.randint(0, 10_000, (8,)))
+        >>> nll = head.eval()(torch.randn(8, 64), torch.randint(0, 10_000, (8,)))  # exact NLL
     """
 
     def __init__(

@@ -322,6 +322,27 @@ class MarginHead(LinearEvalMixin, Head):
     every candidate and does not change the loss; it needs ``include_batch_positives=False`` (added
     positives have no proposal probability). Partial FC does not correct, so the default is False.
     ``sparse=True`` makes ``weight.grad`` a sparse COO tensor over the touched rows.
+
+    Dense training (``num_sampled=None``) runs on the streaming kernel (:func:`margin_softmax_loss`):
+    O(N · chunk) extra memory plus the normalised ``[V, d]`` weights. Eval mode: the exact
+    margin-free NLL.
+
+    Args:
+        in_features: d. num_classes: V.
+        num_sampled, sampler, include_batch_positives, remove_accidental_hits, subtract_log_q, sparse,
+            seed: sampled training (see above); ``seed`` seeds ``self.generator``.
+        weight: an existing ``[V, d]`` tensor/Parameter (class centres) instead of a new N(0, 1/d) one.
+        eps: guard of the feature / weight normalisation. ignore_index, reduction: as
+            ``nn.CrossEntropyLoss``.
+
+    Shape:
+        - hidden: :math:`(*, d)`; target: :math:`(*)`; output: scalar, or :math:`(*)` for ``'none'``.
+
+    Examples::
+
+        >>> head = ArcFace(128, 10_000, s=64.0, m=0.5)
+        >>> loss = head(torch.randn(8, 128), torch.randint(0, 10_000, (8,)))
+        >>> big = ArcFace(128, 100_000, num_sampled=1024, sparse=True, seed=0)  # Partial-FC style
     """
 
     normalize_features: bool = True

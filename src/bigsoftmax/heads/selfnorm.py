@@ -104,7 +104,19 @@ class SelfNormalizedSoftmax(LinearEvalMixin, Head):
         chunk_size: classes per chunk of the training log Z (default: automatic, ~8 MiB of scores).
 
     Methods beyond the protocol: :meth:`unnormalized_log_prob` (the fast O(d) score),
-    :meth:`log_normalizer` (exact log Z), :meth:`self_normalization_report`.
+    :meth:`log_normalizer` (exact log Z), :meth:`self_normalization_report`. Training mode returns
+    ``CE + α (log Z)²``; eval mode the exact NLL ``log Z − z_y`` (the penalty is a training device).
+
+    Shape:
+        - hidden: :math:`(*, d)`; target: :math:`(*)`.
+        - output: scalar, or :math:`(*)` for ``reduction='none'``.
+
+    Examples::
+
+        >>> head = SelfNormalizedSoftmax(64, 10_000, alpha=0.1)
+        >>> loss = head(torch.randn(8, 64), torch.randint(0, 10_000, (8,)))
+        >>> head.log_normalizer(torch.randn(8, 64)).shape
+        torch.Size([8])
     """
 
     def __init__(
