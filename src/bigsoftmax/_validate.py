@@ -22,6 +22,8 @@ __all__ = [
     "check_float_tensor",
     "check_label_smoothing",
     "check_class_weight",
+    "check_int",
+    "check_real",
 ]
 
 #: the reductions of ``nn.CrossEntropyLoss``
@@ -99,6 +101,13 @@ def check_class_weight(weight, num_classes: int, name: str = "weight_class", siz
         if not bool(torch.isfinite(w).all()) or bool((w < 0).any()):
             raise ValueError(f"{name} must be finite and >= 0 (one weight per class), got a NaN, inf or negative entry")
     return weight
+
+
+def check_int(name: str, v, lo: int) -> int:
+    """An int (not a bool) >= ``lo``; returns it."""
+    if not isinstance(v, int) or isinstance(v, bool) or v < lo:
+        raise ValueError(f"{name} must be an int >= {lo}, got {v!r}")
+    return v
 
 
 def check_real(name: str, v, lo: float, hi: float = math.inf, lo_open: bool = False, hi_open: bool = True) -> float:

@@ -118,3 +118,36 @@ def test_fp16_training_mean_is_finite(name):
     assert math.isfinite(float(loss)), f"{name}: fp16 mean = {float(loss)}"
     ref = _make(name, torch.float16).float()(h.float(), y)  # the same fp16 parameters, computed in fp32
     torch.testing.assert_close(loss.float(), ref, rtol=1e-2, atol=1e-2)
+
+
+@pytest.mark.parametrize("name", sorted(MAKERS))
+def test_float_ignore_index_is_refused(name):
+    """Issue 14 item 12: ``ignore_index=1.5`` used to be accepted silently by several heads."""
+    _with_kwargs(name, ignore_index=-1)  # the constructor takes ignore_index
+    with pytest.raises(TypeError, match="ignore_index must be an int"):
+        _with_kwargs(name, ignore_index=1.5)
+
+
+def _with_kwargs(name, **kw):
+    """MAKERS[name] with extra keyword arguments (the makers are one-line lambdas over H.<cls>)."""
+    src = {
+        "FullSoftmax": lambda: H.FullSoftmax(D, V, **kw),
+        "SelfNormalizedSoftmax": lambda: H.SelfNormalizedSoftmax(D, V, **kw),
+        "AdaptiveSoftmax": lambda: H.AdaptiveSoftmax(D, V, [5, 20], div_value=2.0, **kw),
+        "SampledSoftmax": lambda: H.SampledSoftmax(D, V, num_sampled=8, seed=0, **kw),
+        "NCE": lambda: H.NCE(D, V, num_sampled=8, seed=0, **kw),
+        "SampledLogistic": lambda: H.SampledLogistic(D, V, num_sampled=8, seed=0, **kw),
+        "NegativeSampling": lambda: H.NegativeSampling(D, V, num_sampled=8, counts=COUNTS, seed=0, **kw),
+        "TreeSoftmax": lambda: H.TreeSoftmax(D, trees.balanced(V, 3), **kw),
+        "HierarchicalSoftmax": lambda: H.HierarchicalSoftmax(D, COUNTS, **kw),
+        "ClassBasedSoftmax": lambda: H.ClassBasedSoftmax(D, COUNTS, **kw),
+        "LargeMarginSoftmax": lambda: H.LargeMarginSoftmax(D, V, m=2, **kw),
+        "AngularSoftmax": lambda: H.AngularSoftmax(D, V, m=2, **kw),
+        "AdditiveMarginSoftmax": lambda: H.AdditiveMarginSoftmax(D, V, **kw),
+        "CosFace": lambda: H.CosFace(D, V, **kw),
+        "ArcFace": lambda: H.ArcFace(D, V, **kw),
+        "L2ConstrainedSoftmax": lambda: H.L2ConstrainedSoftmax(D, V, **kw),
+        "WeightedSoftmax": lambda: H.WeightedSoftmax(D, V, class_weights=torch.ones(V), **kw),
+        "SoftSoftmax": lambda: H.SoftSoftmax(D, V, **kw),
+    }
+    return src[name]()

@@ -33,7 +33,7 @@ from typing import Optional, Tuple
 import torch
 from torch import Tensor, nn
 
-from .._validate import check_reduction, check_target
+from .._validate import check_ignore_index, check_reduction, check_target
 from ..ops.lse import linear_logsumexp
 from ..ops.reduce import reduce_loss
 
@@ -89,7 +89,7 @@ class Head(nn.Module):
             raise ValueError(f"num_classes must be an int >= 2, got {num_classes!r}")
         self.in_features = in_features
         self.num_classes = num_classes
-        self.ignore_index = ignore_index
+        self.ignore_index = check_ignore_index(ignore_index)
         self.reduction = check_reduction(reduction)
         self.eval_chunk = DEFAULT_EVAL_CHUNK
 

@@ -45,6 +45,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .. import functional as BF
+from .._validate import check_int as _check_int
 from .._validate import check_real as _check_float
 from ..ops.lse import linear_cross_entropy, linear_logsumexp
 from ..ops.reduce import reduce_loss
@@ -77,13 +78,7 @@ __all__ = [
 MarginFn = Callable[[Tensor], Tensor]
 
 
-# ============================================================================ argument checks
-def _check_int(name: str, v, lo: int) -> int:
-    if not isinstance(v, int) or isinstance(v, bool) or v < lo:
-        raise ValueError(f"{name} must be an int >= {lo}, got {v!r}")
-    return v
-
-
+# ============================================================================ helpers
 def _acc(dtype: torch.dtype) -> torch.dtype:
     """Accumulation dtype: fp32 for half types, else the dtype itself (fp64 stays fp64)."""
     return torch.promote_types(dtype, torch.float32)
