@@ -175,3 +175,29 @@ def test_bad_arguments_name_the_argument():
         linear_cross_entropy(x, W, b, y, weight_class=-torch.ones(23, dtype=torch.float64))
     with pytest.raises(TypeError, match="ignore_index must be an int"):
         linear_cross_entropy(x, W, b, y, ignore_index=1.5)
+
+
+from hypothesis import given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+
+@settings(max_examples=40, deadline=None)
+@given(N=st.integers(0, 9), V=st.integers(1, 30), d=st.integers(1, 6), chunk=st.one_of(st.none(), st.integers(1, 31)),
+       reduction=st.sampled_from(["mean", "sum", "none"]), eps=st.sampled_from([0.0, 0.3, 1.0]),
+       weighted=st.booleans(), bias=st.booleans(), seed=st.integers(0, 2**16))
+def test_property_linear_cross_entropy_equals_naive(N, V, d, chunk, reduction, eps, weighted, bias, seed):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(N, d, generator=g, dtype=torch.float64, requires_grad=True)
+    W = torch.randn(V, d, generator=g, dtype=torch.float64, requires_grad=True)
+    b = torch.randn(V, generator=g, dtype=torch.float64, requires_grad=True) if bias else None
+    y = torch.randint(0, V, (N,), generator=g)
+    y[torch.rand(N, generator=g) < 0.25] = -100
+    cw = torch.rand(V, generator=g, dtype=torch.float64) if weighted else None
+    kw = dict(reduction=reduction, label_smoothing=eps)
+    out = linear_cross_entropy(x, W, b, y, weight_class=cw, chunk_size=chunk, **kw)
+    ref = F.cross_entropy(F.linear(x, W, b), y, weight=cw, **kw)
+    torch.testing.assert_close(out, ref, rtol=1e-9, atol=1e-9, equal_nan=True)
+    if bool(torch.isfinite(ref).all()) and N > 0:
+        ins = (x, W) + ((b,) if bias else ())
+        for a, r in zip(_grads(out, ins), _grads(ref, ins)):
+            torch.testing.assert_close(a, r, rtol=1e-9, atol=1e-9)
