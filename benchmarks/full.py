@@ -67,7 +67,12 @@ def make_step(m: str, x, W, b, y):
     import torch
     import torch.nn.functional as F
 
-    from bigsoftmax._full import default_chunk_size, linear_cross_entropy
+    from bigsoftmax.functional import linear_cross_entropy
+
+    try:
+        from bigsoftmax.ops.lse import default_chunk_size
+    except ImportError:  # the layout before bigsoftmax.ops (runs the same script on old checkouts)
+        from bigsoftmax._full import default_chunk_size
 
     N, d = x.shape
     V = W.shape[0]

@@ -2,6 +2,15 @@
 
     python benchmarks/margin_scale.py            # V=1,000,000, d=256, B=1024, S=8192 (needs ~3 GB free)
     python benchmarks/margin_scale.py --quick    # V=100,000, d=128, B=256, S=1024 (seconds)
+    python benchmarks/margin_scale.py --mode dense   # dense ArcFace measured directly at V=1M, d=256, B=1024
+    BIGSOFTMAX_SRC=/path/to/old/src python benchmarks/margin_scale.py --mode dense   # the same, older code
+
+``--mode dense`` runs only the dense ``ArcFace(d, V)`` training step at the full ``--V`` (no
+extrapolation): step time and extra peak memory, in a fresh subprocess, ``--dense-repeats`` timed
+steps after one warm-up. It imports only public names (``bigsoftmax.heads.ArcFace``), so the same
+command measures an older checkout (``PYTHONPATH`` / run from its root) before and after a change;
+a worker that dies (e.g. out of memory: the pre-``ops`` dense path held O(B · V) autograd buffers,
+about 3 × B · V · 4 bytes) is reported with its exit status instead of a number.
 
 Every measurement runs in a fresh subprocess. A *step* is forward + backward of the output layer plus
 an SGD update (``torch.optim.SGD`` takes the sparse gradient as is). Memory is the *extra* peak of
@@ -32,7 +41,8 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "src"))
+# BIGSOFTMAX_SRC=<checkout>/src measures another checkout's code with this script (before/after runs)
+sys.path.insert(0, os.environ.get("BIGSOFTMAX_SRC", str(ROOT / "src")))
 
 
 def _maxrss_mb() -> float:
@@ -111,6 +121,9 @@ def main(argv=None):
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--mode", choices=("all", "dense"), default="all",
+                    help="all: the table above; dense: only the dense ArcFace, measured directly at --V")
+    ap.add_argument("--dense-repeats", type=int, default=2, help="timed steps of --mode dense (after 1 warm-up)")
     ap.add_argument("--out", type=Path, default=None, help="also write the Markdown table here")
     ap.add_argument("--worker", default=None, help=argparse.SUPPRESS)
     a = ap.parse_args(argv)
@@ -121,6 +134,8 @@ def main(argv=None):
         a.V, a.d, a.batch, a.num_sampled, a.dense_V, a.repeats = 100_000, 128, 256, 1024, [5_000, 10_000], 5
     V, d, B, S = a.V, a.d, a.batch, a.num_sampled
     load = os.getloadavg()[0]
+    if a.mode == "dense":
+        return dense_direct(a, argv, load)
     r_s = measure("sampled", V, d, B, S, a.repeats, a.threads)
     r_ss = measure("sampled_softmax", V, d, B, S, a.repeats, a.threads)
     r_roof = measure("roofline", V, d, B, S, a.repeats, a.threads)
@@ -154,6 +169,36 @@ def main(argv=None):
         f"(for reference: one [B, V] fp32 buffer = {logits_mb / 1024:.1f} GB at V={V:,}; the dense [V, d] gradient "
         f"= {grad_mb / 1024:.2f} GB). Sampled / dense extra memory: {r_s['extra_mb'] / dense_mb:.4f}; "
         f"step time: {r_s['time_s'] / dense_t:.4f}.",
+        "",
+        "Command: `" + " ".join(["python benchmarks/margin_scale.py", *(argv if argv is not None else sys.argv[1:])]) + "`",
+    ]
+    text = "\n".join(lines)
+    print(text)
+    if a.out:
+        a.out.parent.mkdir(parents=True, exist_ok=True)
+        a.out.write_text(text + "\n")
+
+
+def dense_direct(a, argv, load) -> None:
+    """``--mode dense``: the dense ArcFace step at the full V, measured (not extrapolated)."""
+    V, d, B = a.V, a.d, a.batch
+    try:
+        r = measure("dense", V, d, B, a.num_sampled, a.dense_repeats, a.threads)
+        row = (f"| dense ArcFace(d={d}, V={V:,}) | {r['time_s']:.2f} s | {r['extra_mb']:.0f} MB "
+               f"({r['extra_mb'] / (B * V * 4 / 2**20):.2f} × one [B, V] fp32 buffer) | {r['loss']:.4f} |")
+    except RuntimeError as e:  # the worker died (typically out of memory)
+        row = f"| dense ArcFace(d={d}, V={V:,}) | failed | failed | {str(e).splitlines()[0]} |"
+    import bigsoftmax
+
+    lines = [
+        f"Dense ArcFace training step (forward + backward + SGD), V={V:,}, d={d}, batch={B}, fp32, {a.threads} threads, "
+        f"median of {a.dense_repeats} after a warm-up; code: {Path(bigsoftmax.__file__).resolve().parents[1]}; "
+        f"load average at start {load:.1f}. One [B, V] fp32 buffer = {B * V * 4 / 2**30:.1f} GiB, "
+        f"the [V, d] weight = {V * d * 4 / 2**30:.2f} GiB.",
+        "",
+        "| method | step time | extra peak memory | loss |",
+        "|---|---|---|---|",
+        row,
         "",
         "Command: `" + " ".join(["python benchmarks/margin_scale.py", *(argv if argv is not None else sys.argv[1:])]) + "`",
     ]

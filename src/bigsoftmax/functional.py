@@ -574,9 +574,9 @@ def fused_sampled_softmax(
 def linear_cross_entropy(*args, **kwargs):
     """Exact ``F.cross_entropy(F.linear(input, weight, bias), target)`` without the [N, V] logits.
 
-    See :func:`bigsoftmax._full.linear_cross_entropy` for the arguments.
+    See :func:`bigsoftmax.ops.lse.linear_cross_entropy` for the arguments.
     """
-    from ._full import linear_cross_entropy as impl
+    from .ops.lse import linear_cross_entropy as impl
 
     return impl(*args, **kwargs)
 

@@ -46,7 +46,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from . import functional as BF
-from .heads.base import check_reduction
+from ._validate import check_reduction
+from .ops.reduce import reduce_loss
 
 __all__ = ["in_batch_softmax_loss", "mixed_negatives_loss", "InBatchSoftmax", "MixedNegativeSoftmax"]
 
@@ -202,11 +203,8 @@ def in_batch_softmax_loss(
 
 
 def _reduce(per: Tensor, reduction: str) -> Tensor:
-    if reduction == "mean":
-        return per.mean()
-    if reduction == "sum":
-        return per.sum()
-    return per
+    """Every row kept: the library's one reducer (fp32 sums)."""
+    return reduce_loss(per, None, per.shape, reduction)
 
 
 # ----------------------------------------------------------------------------- mixed negatives

@@ -247,26 +247,26 @@ def test_linear_logsumexp_value_and_gradcheck(recompute, bias):
     W = torch.randn(11, 3, dtype=torch.float64, generator=g, requires_grad=True)
     b = torch.randn(11, dtype=torch.float64, generator=g, requires_grad=True) if bias else None
     y = torch.randint(0, 11, (5,), generator=g)
-    lse, zt = A.linear_logsumexp(x, W, b, y, recompute=recompute, chunk=4)
+    lse, zt = A.linear_logsumexp(x, W, b, y, recompute=recompute, chunk_size=4)
     z = F.linear(x, W, b)
     torch.testing.assert_close(lse, torch.logsumexp(z, 1))
     torch.testing.assert_close(zt, z.gather(1, y[:, None])[:, 0])
     inputs = (x, W) + ((b,) if bias else ())
 
     def f(x, W, *rest):
-        lse, zt = A.linear_logsumexp(x, W, rest[0] if rest else None, y, recompute=recompute, chunk=4)
+        lse, zt = A.linear_logsumexp(x, W, rest[0] if rest else None, y, recompute=recompute, chunk_size=4)
         return lse * 0.7 + lse.square() - 1.3 * zt  # both outputs, with different upstream weights
 
     assert torch.autograd.gradcheck(f, inputs)
     # upstream of mixed sign (the recompute path folds a positive upstream into the exponent)
     sign = torch.tensor([1.0, -1.0, 2.0, -0.5, 0.3], dtype=torch.float64)
     assert torch.autograd.gradcheck(
-        lambda x, W, *r: A.linear_logsumexp(x, W, r[0] if r else None, y, recompute=recompute, chunk=4)[0] * sign,
+        lambda x, W, *r: A.linear_logsumexp(x, W, r[0] if r else None, y, recompute=recompute, chunk_size=4)[0] * sign,
         inputs,
     )
     # lse alone (no target), and gradient of z_y alone
     assert torch.autograd.gradcheck(
-        lambda x, W, *r: A.linear_logsumexp(x, W, r[0] if r else None, recompute=recompute, chunk=3)[0], inputs
+        lambda x, W, *r: A.linear_logsumexp(x, W, r[0] if r else None, recompute=recompute, chunk_size=3)[0], inputs
     )
     assert torch.autograd.gradcheck(
         lambda x, W, *r: A.linear_logsumexp(x, W, r[0] if r else None, y, recompute=recompute)[1], inputs
@@ -278,7 +278,7 @@ def test_linear_logsumexp_extreme_logits_stay_finite():
     W = torch.tensor([[300.0, 0.0], [-300.0, 0.0], [0.0, 200.0]], requires_grad=True)
     y = torch.tensor([0, 2])
     for rc in (True, False):
-        lse, zt = A.linear_logsumexp(x, W, None, y, recompute=rc, chunk=1)
+        lse, zt = A.linear_logsumexp(x, W, None, y, recompute=rc, chunk_size=1)
         torch.testing.assert_close(lse, torch.logsumexp(x @ W.t(), 1))
         (lse - zt).sum().backward()
         assert torch.isfinite(x.grad).all() and torch.isfinite(W.grad).all()
@@ -484,3 +484,14 @@ def test_bad_arguments_and_targets():
         a.topk(x, 51)
     with pytest.raises(ValueError, match="k must be an int in"):
         a.topk(x, 0)
+
+
+def test_zero_dim_tail_clusters_warn_with_the_dims():
+    """Issue 14 item 10: floor(8 / 4**j) = [2, 0, 0] leaves two clusters stuck at uniform."""
+    with pytest.warns(UserWarning, match=r"tail dims .* = \[2, 0, 0\] include 0"):
+        AdaptiveSoftmax(8, 50, cutoffs=[10, 20, 30])
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        AdaptiveSoftmax(16, 50, cutoffs=[10, 20])  # dims [4, 1]: no warning

@@ -27,6 +27,7 @@ shortlist rows to an input embedding (and of tail rows to an adaptive input), an
 from __future__ import annotations
 
 import math
+import warnings
 from typing import List, Optional, Sequence, Tuple, Union
 
 import numpy as np
@@ -34,8 +35,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .._lse import linear_logsumexp
-from .base import Head, chunked_logsumexp, chunked_topk
+from ..ops.lse import linear_logsumexp
+from .base import Head, chunked_topk
 
 __all__ = [
     "AdaptiveSoftmax",
@@ -375,6 +376,15 @@ class AdaptiveSoftmax(Head):
         bounds = cut + [num_classes]
         self.cluster_sizes = [bounds[j + 1] - bounds[j] for j in range(self.n_clusters)]
         self.tail_dims = _tail_dims(in_features, self.div_value, self.n_clusters)
+        if min(self.tail_dims) < 1:
+            # torch's AdaptiveLogSoftmaxWithLoss accepts such clusters too (parity), so warn, not refuse
+            warnings.warn(
+                f"AdaptiveSoftmax tail dims floor(in_features / div_value**j) = {self.tail_dims} include 0 "
+                f"(in_features={in_features}, div_value={self.div_value}, {self.n_clusters} clusters): a 0-dim "
+                f"cluster is stuck at the uniform distribution; use fewer cutoffs, a smaller div_value or a "
+                f"larger in_features",
+                UserWarning, stacklevel=2,
+            )
         fk = {"device": device, "dtype": dtype}
         self.register_buffer("_bounds", torch.tensor(bounds, dtype=torch.long, device=device), persistent=False)
 
@@ -615,7 +625,7 @@ class AdaptiveSoftmax(Head):
             def score(s, e, x=x, w=w):
                 return (x @ w[s:e].t()).to(acc)
 
-            lse = chunked_logsumexp(score, kj, chunk)
+            lse = linear_logsumexp(x, w)[0].to(acc)
             kk = min(k, kj)
             v, i = chunked_topk(score, kj, rows.numel(), kk, chunk, h.device, acc)
             v = v - lse[:, None] + cl_lp.index_select(0, rows)[:, j : j + 1]

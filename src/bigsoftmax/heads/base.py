@@ -8,16 +8,22 @@ Every method is an ``nn.Module`` subclass of :class:`Head`::
     vals, idx = head.topk(hidden, k)             # exact top-k log-probabilities, chunked
 
 ``hidden`` is ``[..., d]`` and ``target`` is ``[...]`` (int64). Heads flatten the leading dims
-themselves, drop positions whose target equals ``ignore_index`` and reduce like
-``nn.CrossEntropyLoss`` (``'mean'`` over non-ignored positions, ``'sum'``, or ``'none'`` giving a
-``[...]`` tensor with zeros at ignored positions).
+themselves, cast ``hidden`` to the dtype of their parameters (one rule for mixed dtypes), drop
+positions whose target equals ``ignore_index`` and reduce like ``nn.CrossEntropyLoss`` through the
+one reducer :func:`~bigsoftmax.ops.reduce.reduce_loss` (``'mean'`` over non-ignored positions,
+``'sum'``, or ``'none'`` giving a ``[...]`` tensor with zeros at ignored positions; sums in fp32).
+
+``head.train(); head(h, y)`` is the head's training objective; ``head.eval(); head(h, y)`` is
+always the exact negative log-likelihood ``−target_log_prob(h, y)``, reduced the same way — no
+margin, penalty, smoothing or class weight — so evaluation numbers are comparable across heads.
 
 Subclasses implement
 
 * ``_loss(h [N, d], y [N]) -> [N]`` — per-example training loss on the kept rows, and
-* the exact evaluation: either override ``_log_prob_chunk`` (heads whose exact distribution is a full
-  softmax over ``logits(h) = h @ W.T + b`` get it from :class:`LinearEvalMixin`) or override
-  ``_log_prob``, ``_target_log_prob`` and ``_topk`` directly (tree / adaptive heads).
+* the exact evaluation: heads whose exact distribution is a full softmax over
+  ``logits(h) = x'(h) @ W'.T + b'`` get it from :class:`LinearEvalMixin` (they say what ``x'``,
+  ``W'`` and ``b'`` are); the others override ``_log_prob``, ``_target_log_prob`` and ``_topk``
+  (tree / adaptive heads).
 """
 
 from __future__ import annotations
@@ -27,80 +33,22 @@ from typing import Optional, Tuple
 import torch
 from torch import Tensor, nn
 
+from .._validate import check_ignore_index, check_reduction, check_target
+from ..ops.lse import linear_logsumexp
+from ..ops.reduce import reduce_loss
+
 __all__ = [
     "Head",
     "LinearEvalMixin",
     "reduce_loss",
     "check_reduction",
     "check_target",
-    "chunked_logsumexp",
     "chunked_topk",
     "DEFAULT_EVAL_CHUNK",
 ]
 
-#: number of classes scored at once by the exact evaluation paths (memory O(N * chunk))
+#: number of classes scored at once by the exact top-k / log-prob paths (memory O(N * chunk))
 DEFAULT_EVAL_CHUNK = 16384
-
-_REDUCTIONS = ("mean", "sum", "none")
-
-
-def check_reduction(reduction: str) -> str:
-    if reduction not in _REDUCTIONS:
-        raise ValueError(f"reduction must be one of {_REDUCTIONS}, got {reduction!r}")
-    return reduction
-
-
-def check_target(target: Tensor, num_classes: int, ignore_index: Optional[int] = None, name: str = "target") -> None:
-    """Raise a clear error for a target that is not an integer tensor of ids in [0, num_classes)."""
-    if not isinstance(target, Tensor):
-        raise TypeError(f"{name} must be a torch.Tensor of int64 class ids, got {type(target).__name__}")
-    if target.dtype.is_floating_point or target.dtype.is_complex or target.dtype == torch.bool:
-        raise TypeError(f"{name} must hold integer class ids (int64), got dtype {target.dtype}")
-    if target.numel() == 0:
-        return
-    t = target
-    if ignore_index is not None:
-        t = t[t != ignore_index]
-        if t.numel() == 0:
-            return
-    lo, hi = int(t.min()), int(t.max())
-    if lo < 0 or hi >= num_classes:
-        bad = lo if lo < 0 else hi
-        raise ValueError(
-            f"{name} contains class id {bad}, outside the allowed range [0, {num_classes})"
-            + (f" (ignore_index={ignore_index} is also allowed)" if ignore_index is not None else "")
-        )
-
-
-def reduce_loss(per_example: Tensor, keep: Tensor, shape: torch.Size, reduction: str) -> Tensor:
-    """Reduce per-example losses of the kept rows like ``nn.CrossEntropyLoss``.
-
-    per_example: [M] losses of the rows where ``keep`` is True; keep: [N] bool; shape: the target's
-    leading shape (product N). ``'mean'`` divides by M (NaN when M == 0, like torch); ``'none'``
-    scatters back to ``shape`` with zeros at ignored positions.
-    """
-    if reduction == "mean":
-        return per_example.sum() / per_example.numel()  # 0/0 = NaN when every row is ignored
-    if reduction == "sum":
-        return per_example.sum()
-    out = per_example.new_zeros(keep.shape[0])
-    out = out.masked_scatter(keep, per_example) if per_example.numel() else out
-    return out.reshape(shape)
-
-
-def chunked_logsumexp(score_chunk, num_classes: int, chunk: int = DEFAULT_EVAL_CHUNK) -> Tensor:
-    """``logsumexp`` over ``num_classes`` scores produced slice by slice, accumulated in fp32+.
-
-    ``score_chunk(start, stop)`` returns the [N, stop - start] scores of classes start..stop-1
-    (e.g. ``hidden @ weight[start:stop].T + bias[start:stop]``). Returns [N]. Peak extra memory
-    O(N * chunk) instead of O(N * V). Differentiable.
-    """
-    run = None
-    for s in range(0, num_classes, chunk):
-        z = score_chunk(s, min(num_classes, s + chunk))
-        lse = torch.logsumexp(z.to(torch.promote_types(z.dtype, torch.float32)), dim=-1)
-        run = lse if run is None else torch.logaddexp(run, lse)
-    return run
 
 
 @torch.no_grad()
@@ -141,12 +89,20 @@ class Head(nn.Module):
             raise ValueError(f"num_classes must be an int >= 2, got {num_classes!r}")
         self.in_features = in_features
         self.num_classes = num_classes
-        self.ignore_index = ignore_index
+        self.ignore_index = check_ignore_index(ignore_index)
         self.reduction = check_reduction(reduction)
         self.eval_chunk = DEFAULT_EVAL_CHUNK
 
     # ----------------------------------------------------------------- input handling
+    def param_dtype(self) -> Optional[torch.dtype]:
+        """The dtype of the head's first floating-point parameter (None when it has none)."""
+        for p in self.parameters():
+            if p.dtype.is_floating_point:
+                return p.dtype
+        return None
+
     def _flat_hidden(self, hidden: Tensor) -> Tensor:
+        """Check ``hidden [..., d]``, flatten it to ``[N, d]`` and cast it to :meth:`param_dtype`."""
         if not isinstance(hidden, Tensor):
             raise TypeError(f"hidden must be a torch.Tensor, got {type(hidden).__name__}")
         if not hidden.dtype.is_floating_point:
@@ -155,7 +111,9 @@ class Head(nn.Module):
             raise ValueError(
                 f"hidden must have shape [..., {self.in_features}] (in_features), got {tuple(hidden.shape)}"
             )
-        return hidden.reshape(-1, self.in_features)
+        pdt = self.param_dtype()
+        h = hidden.reshape(-1, self.in_features)
+        return h if pdt is None or h.dtype == pdt else h.to(pdt)
 
     def _flat_pair(self, hidden: Tensor, target: Tensor):
         h = self._flat_hidden(hidden)
@@ -170,14 +128,13 @@ class Head(nn.Module):
 
     # ----------------------------------------------------------------- training
     def forward(self, hidden: Tensor, target: Tensor) -> Tensor:
-        """Training loss. hidden [..., d], target [...] -> scalar (or [...] with reduction='none')."""
+        """Training loss (train mode) or the exact NLL (eval mode): [..., d], [...] -> scalar or [...]."""
         h, y = self._flat_pair(hidden, target)
         keep = y != self.ignore_index
-        if bool(keep.all()):
-            per = self._loss(h, y)
-        else:
-            per = self._loss(h[keep], y[keep])
-        return reduce_loss(per, keep, target.shape, self.reduction)
+        all_kept = bool(keep.all())
+        hk, yk = (h, y) if all_kept else (h[keep], y[keep])
+        per = self._loss(hk, yk) if self.training else -self._target_log_prob(hk, yk)
+        return reduce_loss(per, None if all_kept else keep, target.shape, self.reduction)
 
     def _loss(self, hidden: Tensor, target: Tensor) -> Tensor:  # pragma: no cover - abstract
         raise NotImplementedError
@@ -225,11 +182,13 @@ class Head(nn.Module):
 
 
 class LinearEvalMixin:
-    """Exact evaluation for heads whose distribution is ``softmax(h @ W.T + b)``.
+    """Exact evaluation for heads whose distribution is ``softmax(x'(h) @ W'.T + b')``.
 
-    The class needs ``eval_weight() -> [V, d]`` and ``eval_bias() -> [V] | None``. All three methods
-    work in class slices of ``self.eval_chunk``: ``target_log_prob`` and ``topk`` never hold [N, V].
-    Heads whose evaluation logits differ (margin heads: scaled cosines) override ``_eval_logits``.
+    The class says what the evaluation logits are through :meth:`_eval_linear` (default: ``h``,
+    ``eval_weight()``, ``eval_bias()``; margin heads scale and normalise). ``log_normalizer`` and
+    ``target_log_prob`` run on the streaming kernel :func:`~bigsoftmax.ops.lse.linear_logsumexp`
+    (exact, differentiable, O(N · chunk) memory also under autograd); ``topk`` keeps a running best
+    list over class slices of ``self.eval_chunk``; only ``log_prob`` returns ``[N, V]`` (by definition).
     """
 
     def eval_weight(self) -> Tensor:  # pragma: no cover - abstract
@@ -238,65 +197,49 @@ class LinearEvalMixin:
     def eval_bias(self) -> Optional[Tensor]:
         return None
 
-    def _eval_hidden(self, h: Tensor) -> Tensor:
-        """Transform applied to hidden before scoring (identity; margin heads normalise)."""
-        return h
+    def _eval_linear(self, h: Tensor) -> Tuple[Tensor, Tensor, Optional[Tensor]]:
+        """``(x', W', b')`` with evaluation logits ``x' @ W'.T + b'`` for hidden rows ``h [N, d]``."""
+        return h, self.eval_weight(), self.eval_bias()
+
+    def _kernel_chunk(self) -> Optional[int]:
+        return getattr(self, "chunk_size", None)
 
     def _eval_logits(self, h: Tensor, start: int, stop: int) -> Tensor:
-        w = self.eval_weight()[start:stop]
-        z = h @ w.t()
-        b = self.eval_bias()
-        if b is not None:
-            z = z + b[start:stop]
-        return z
+        """Evaluation logits of classes ``[start, stop)`` for hidden rows ``h [N, d]``: [N, stop - start]."""
+        return _linear_slice(*self._eval_linear(h), start, stop)
 
     def log_normalizer(self, hidden: Tensor) -> Tensor:
-        """Exact ``log Z(h) = logsumexp_c z_c`` of the raw evaluation logits: [..., d] -> [...].
+        """Exact ``log Z(h) = logsumexp_c z_c`` of the evaluation logits: [..., d] -> [...].
 
         0 for a perfectly self-normalised model (NCE and the self-normalised softmax train towards it),
-        so ``exp(z_y)`` is then a probability without the O(V) normaliser. Chunked over classes.
+        so ``exp(z_y)`` is then a probability without the O(V) normaliser.
         """
         h = self._flat_hidden(hidden)
         return self._log_normalizer(h).reshape(hidden.shape[:-1])
 
     def _log_normalizer(self, h: Tensor) -> Tensor:
-        """log Z(h) = logsumexp over all classes of the evaluation logits: [N, d] -> [N]."""
-        he = self._eval_hidden(h)
-        return chunked_logsumexp(lambda s, e: self._eval_logits(he, s, e), self.num_classes, self.eval_chunk)
+        return linear_logsumexp(*self._eval_linear(h), chunk_size=self._kernel_chunk(), recompute=True)[0]
 
     def _log_prob(self, h: Tensor) -> Tensor:
-        he = self._eval_hidden(h)
-        z = self._eval_logits(he, 0, self.num_classes)
-        acc = torch.promote_types(h.dtype, torch.float32)
-        return torch.log_softmax(z.to(acc), dim=-1)
+        x, W, b = self._eval_linear(h)
+        z = _linear_slice(x, W, b, 0, W.shape[0])
+        return torch.log_softmax(z.to(torch.promote_types(z.dtype, torch.float32)), dim=-1)
 
     def _target_log_prob(self, h: Tensor, y: Tensor) -> Tensor:
-        he = self._eval_hidden(h)
-        w = self.eval_weight()
-        z_t = (he * w[y]).sum(-1)
-        b = self.eval_bias()
-        if b is not None:
-            z_t = z_t + b[y]
-        z_t = self._eval_target_logit(he, y, z_t)
-        acc = torch.promote_types(h.dtype, torch.float32)
-        return z_t.to(acc) - self._log_normalizer(h)
-
-    def _eval_target_logit(self, he: Tensor, y: Tensor, z_t: Tensor) -> Tensor:
-        """Hook: margin heads rescale the target logit the same way as ``_eval_logits``."""
-        return z_t
+        lse, zt = linear_logsumexp(*self._eval_linear(h), y, chunk_size=self._kernel_chunk(), recompute=True)
+        return zt - lse
 
     def _topk(self, h: Tensor, k: int):
         with torch.no_grad():
-            he = self._eval_hidden(h)
-            lz = self._log_normalizer(h)
-            acc = torch.promote_types(h.dtype, torch.float32)
-            v, i = chunked_topk(
-                lambda s, e: self._eval_logits(he, s, e).to(acc),
-                self.num_classes,
-                h.shape[0],
-                k,
-                self.eval_chunk,
-                h.device,
-                acc,
-            )
+            x, W, b = self._eval_linear(h)
+            lz = linear_logsumexp(x, W, b, chunk_size=self._kernel_chunk())[0]
+            v, i = chunked_topk(lambda s, e: _linear_slice(x, W, b, s, e).to(lz.dtype), W.shape[0], h.shape[0], k,
+                                self.eval_chunk, h.device, lz.dtype)
             return v - lz[:, None], i
+
+
+def _linear_slice(x: Tensor, W: Tensor, b: Optional[Tensor], start: int, stop: int) -> Tensor:
+    """``x @ W[start:stop].T + b[start:stop]`` in the promoted dtype of the operands."""
+    dt = torch.promote_types(x.dtype, W.dtype)
+    z = x.to(dt) @ W[start:stop].to(dt).t()
+    return z if b is None else z + b[start:stop].to(dt)

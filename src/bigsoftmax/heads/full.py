@@ -8,7 +8,8 @@ from typing import Optional
 import torch
 from torch import Tensor, nn
 
-from .._full import linear_cross_entropy, linear_logsumexp
+from .._validate import check_chunk_size, check_class_weight, check_ignore_index, check_label_smoothing
+from ..ops.lse import linear_cross_entropy
 from .base import Head, LinearEvalMixin
 
 __all__ = ["FullSoftmax"]
@@ -32,7 +33,28 @@ class FullSoftmax(LinearEvalMixin, Head):
     ``weight=`` ties the head to an existing ``nn.Parameter`` of shape [V, d] — typically the input
     embedding of a language model — instead of creating one. ``class_weight`` ([V], a buffer) is
     F.cross_entropy's per-class rescaling weight. :meth:`from_linear` wraps an existing
-    ``nn.Linear(d, V)``, sharing (not copying) its parameters.
+    ``nn.Linear(d, V)``, sharing (not copying) its parameters. In eval mode ``forward`` is the exact
+    NLL (no label smoothing, no class weights), like every head.
+
+    Args:
+        in_features: d. num_classes: V (>= 2).
+        bias: learn a per-class bias.
+        ignore_index: target value that contributes neither loss nor gradient.
+        reduction: ``'mean'`` (over kept rows, or their class weights), ``'sum'`` or ``'none'``.
+        label_smoothing: ε in [0, 1] (training mode only).
+        class_weight: optional ``[V]`` per-class weights, finite and >= 0 (training mode only).
+        weight: an ``nn.Parameter [V, d]`` to tie to instead of creating one.
+        chunk_size: classes per vocabulary slice (default automatic).
+
+    Shape:
+        - hidden: :math:`(*, d)`; target: :math:`(*)`.
+        - output: scalar, or :math:`(*)` for ``reduction='none'``.
+
+    Examples::
+
+        >>> head = FullSoftmax(64, 10_000, label_smoothing=0.1)
+        >>> loss = head(torch.randn(8, 64), torch.randint(0, 10_000, (8,)))
+        >>> nll = head.eval()(torch.randn(8, 64), torch.randint(0, 10_000, (8,)))  # exact NLL
     """
 
     def __init__(
@@ -48,13 +70,9 @@ class FullSoftmax(LinearEvalMixin, Head):
         chunk_size: Optional[int] = None,
     ):
         super().__init__(in_features, num_classes, ignore_index, reduction)
-        if not isinstance(ignore_index, int) or isinstance(ignore_index, bool):
-            raise TypeError(f"ignore_index must be an int, got {ignore_index!r}")
-        if isinstance(label_smoothing, bool) or not isinstance(label_smoothing, (int, float)) \
-                or not 0.0 <= float(label_smoothing) <= 1.0:
-            raise ValueError(f"label_smoothing must be a float in [0.0, 1.0], got {label_smoothing!r}")
-        if chunk_size is not None and (not isinstance(chunk_size, int) or isinstance(chunk_size, bool) or chunk_size < 1):
-            raise ValueError(f"chunk_size must be a positive int or None, got {chunk_size!r}")
+        check_ignore_index(ignore_index)
+        label_smoothing = check_label_smoothing(label_smoothing)
+        check_chunk_size(chunk_size)
         self.label_smoothing = float(label_smoothing)
         self.chunk_size = chunk_size
 
@@ -76,11 +94,7 @@ class FullSoftmax(LinearEvalMixin, Head):
             self.register_parameter("bias", None)
 
         if class_weight is not None:
-            if not isinstance(class_weight, Tensor) or not class_weight.dtype.is_floating_point:
-                raise TypeError(f"class_weight must be a floating-point tensor of shape [num_classes={num_classes}]")
-            if tuple(class_weight.shape) != (num_classes,):
-                raise ValueError(f"class_weight must have shape [num_classes={num_classes}], got {tuple(class_weight.shape)}")
-            class_weight = class_weight.detach().clone()
+            class_weight = check_class_weight(class_weight, num_classes, "class_weight", "num_classes").detach().clone()
         self.register_buffer("class_weight", class_weight)
         self.reset_parameters(reset_weight=weight is None)
 
@@ -120,29 +134,30 @@ class FullSoftmax(LinearEvalMixin, Head):
 
     # ----------------------------------------------------------------- training
     def forward(self, hidden: Tensor, target: Tensor) -> Tensor:
-        """Exact cross-entropy: hidden [..., d], target [...] -> scalar (or [...] for reduction='none')."""
+        """Cross-entropy: hidden [..., d], target [...] -> scalar (or [...] for reduction='none').
+
+        Training mode: with the head's label smoothing and class weights. Eval mode: the exact NLL
+        ``−target_log_prob`` (no smoothing, no class weights), reduced the same way.
+        """
         h, y = self._flat_pair(hidden, target)
+        eps, cw = (self.label_smoothing, self.class_weight) if self.training else (0.0, None)
         loss = linear_cross_entropy(
             h, self.weight, self.bias, y,
-            weight_class=self.class_weight, ignore_index=self.ignore_index, reduction=self.reduction,
-            label_smoothing=self.label_smoothing, chunk_size=self.chunk_size,
+            weight_class=cw, ignore_index=self.ignore_index, reduction=self.reduction,
+            label_smoothing=eps, chunk_size=self.chunk_size,
         )
         return loss.reshape(target.shape) if self.reduction == "none" else loss
 
-    # ----------------------------------------------------------------- exact evaluation
-    def _log_normalizer(self, h: Tensor) -> Tensor:
-        """log Z(h) [N] through the chunked kernel (fast exp2 passes, O(N · chunk) memory even under autograd)."""
-        return linear_logsumexp(h, self.weight, self.bias, chunk_size=self.chunk_size)
-
-    def _target_log_prob(self, h: Tensor, y: Tensor) -> Tensor:
-        """log p(y | h) = −CE without smoothing or class weights; differentiable with the chunked backward."""
-        return -linear_cross_entropy(h, self.weight, self.bias, y, ignore_index=self.ignore_index, reduction="none",
-                                     chunk_size=self.chunk_size)
-
     def _loss(self, hidden: Tensor, target: Tensor) -> Tensor:
-        """Per-example loss [N] of kept rows, class weights and label smoothing included."""
+        """Per-example training loss [N] of kept rows, class weights and label smoothing included."""
         return linear_cross_entropy(
             hidden, self.weight, self.bias, target,
             weight_class=self.class_weight, ignore_index=self.ignore_index, reduction="none",
             label_smoothing=self.label_smoothing, chunk_size=self.chunk_size,
         )
+
+    # ----------------------------------------------------------------- exact evaluation
+    def _target_log_prob(self, h: Tensor, y: Tensor) -> Tensor:
+        """log p(y | h) = −CE without smoothing or class weights; differentiable with the chunked backward."""
+        return -linear_cross_entropy(h, self.weight, self.bias, y, ignore_index=self.ignore_index, reduction="none",
+                                     chunk_size=self.chunk_size)

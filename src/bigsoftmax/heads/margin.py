@@ -45,7 +45,11 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .. import functional as BF
-from .base import Head, LinearEvalMixin, chunked_logsumexp, reduce_loss
+from .._validate import check_int as _check_int
+from .._validate import check_real as _check_float
+from ..ops.lse import linear_cross_entropy, linear_logsumexp
+from ..ops.reduce import reduce_loss
+from .base import Head, LinearEvalMixin
 from .sampled import draw_candidates
 
 __all__ = [
@@ -74,25 +78,7 @@ __all__ = [
 MarginFn = Callable[[Tensor], Tensor]
 
 
-# ============================================================================ argument checks
-def _check_int(name: str, v, lo: int) -> int:
-    if not isinstance(v, int) or isinstance(v, bool) or v < lo:
-        raise ValueError(f"{name} must be an int >= {lo}, got {v!r}")
-    return v
-
-
-def _check_float(name: str, v, lo: float, hi: float = math.inf, lo_open: bool = False, hi_open: bool = True) -> float:
-    if isinstance(v, bool) or not isinstance(v, (int, float)):
-        raise TypeError(f"{name} must be a real number, got {type(v).__name__}")
-    v = float(v)
-    ok_lo = v > lo if lo_open else v >= lo
-    ok_hi = v < hi if hi_open else v <= hi
-    if not (math.isfinite(v) and ok_lo and ok_hi):
-        rng = f"{'(' if lo_open else '['}{lo:g}, {hi:g}{')' if hi_open else ']'}"
-        raise ValueError(f"{name} must be a finite number in {rng}, got {v!r}")
-    return v
-
-
+# ============================================================================ helpers
 def _acc(dtype: torch.dtype) -> torch.dtype:
     """Accumulation dtype: fp32 for half types, else the dtype itself (fp64 stays fp64)."""
     return torch.promote_types(dtype, torch.float32)
@@ -202,7 +188,12 @@ def margin_softmax_loss(
 
         f_j = scale · x' · w'_j                               (j ≠ y)
         f_y = scale · ‖x'‖ ‖w'_y‖ · margin_fn(cos θ_y)
-        loss = logsumexp_j f_j − f_y                          (fp32+, V scored in chunks)
+        loss = logaddexp(logsumexp_{j ≠ y} f_j, f_y) − f_y    (fp32+)
+
+    The logsumexp over the V − 1 other classes is the library's streaming kernel
+    (:func:`bigsoftmax.ops.lse.linear_logsumexp` with ``exclude_target=True``): exact, and its
+    backward rescores class slices, so the extra memory is O(N · chunk) plus the normalised
+    ``[V, d]`` weights (when ``normalize_weights``) — never the [N, V] logits.
 
     ``margin_fn`` maps ``cos θ_y`` to the margin-penalised cosine (e.g.
     ``functools.partial(arc_margin_cos, m=0.5)``); the identity gives the plain (normalised) softmax.
@@ -214,17 +205,10 @@ def margin_softmax_loss(
     w_y = _normalize(w_y, eps) if normalize_weights else w_y.to(acc)
     score = (x * w_y).sum(-1)
     zt = _target_logit(score, x.norm(dim=-1), w_norm, margin_fn, scale, normalize_features, normalize_weights, eps)
-    V = weight.shape[0]
-    xs = x * scale  # scale once on [N, d] rather than on every [N, chunk] block
-
-    def scores(s: int, e: int) -> Tensor:
-        w = weight[s:e]
-        w = _normalize(w, eps) if normalize_weights else w
-        z = (xs @ w.to(x.dtype).t()).to(acc)
-        hit = target[:, None] == torch.arange(s, e, device=target.device)[None, :]
-        return torch.where(hit, zt[:, None].to(acc), z)
-
-    return chunked_logsumexp(scores, V, chunk) - zt.to(acc)
+    w = _normalize(weight, eps) if normalize_weights else weight
+    # logsumexp over the other classes, streamed by the one kernel (O(N · chunk) memory under autograd)
+    rest, _ = linear_logsumexp(x * scale, w, None, target, chunk_size=chunk, recompute=True, exclude_target=True)
+    return torch.logaddexp(rest, zt.to(rest.dtype)) - zt.to(rest.dtype)
 
 
 # ============================================================================ class-weight helpers
@@ -301,26 +285,6 @@ class LambdaSchedule:
 
 
 # ============================================================================ shared module plumbing
-class _LinearHeadMixin:
-    """``_eval_logits`` in the accumulation dtype (fp32 features × any-dtype weights)."""
-
-    def _eval_logits(self, h: Tensor, start: int, stop: int) -> Tensor:
-        w = self.eval_weight()[start:stop]
-        z = h @ w.to(h.dtype).t()
-        b = self.eval_bias()
-        if b is not None:
-            z = z + b[start:stop].to(z.dtype)
-        return z
-
-    def _loss(self, h: Tensor, y: Tensor) -> Tensor:
-        if self.training:
-            return self._train_loss(h, y)
-        return -self._target_log_prob(h, y)
-
-    def _train_loss(self, h: Tensor, y: Tensor) -> Tensor:  # pragma: no cover - abstract
-        raise NotImplementedError
-
-
 def _init_weight(weight: Optional[Tensor], num_classes: int, in_features: int) -> nn.Parameter:
     if weight is not None:
         if not isinstance(weight, Tensor):
@@ -337,7 +301,7 @@ def _init_weight(weight: Optional[Tensor], num_classes: int, in_features: int) -
     return w
 
 
-class MarginHead(_LinearHeadMixin, LinearEvalMixin, Head):
+class MarginHead(LinearEvalMixin, Head):
     """Base of the angular/additive margin heads (see the module docstring for the formulas).
 
     Parameters: ``weight [V, d]`` (class centres; no bias, as in all four papers). Subclasses set
@@ -353,6 +317,27 @@ class MarginHead(_LinearHeadMixin, LinearEvalMixin, Head):
     every candidate and does not change the loss; it needs ``include_batch_positives=False`` (added
     positives have no proposal probability). Partial FC does not correct, so the default is False.
     ``sparse=True`` makes ``weight.grad`` a sparse COO tensor over the touched rows.
+
+    Dense training (``num_sampled=None``) runs on the streaming kernel (:func:`margin_softmax_loss`):
+    O(N · chunk) extra memory plus the normalised ``[V, d]`` weights. Eval mode: the exact
+    margin-free NLL.
+
+    Args:
+        in_features: d. num_classes: V.
+        num_sampled, sampler, include_batch_positives, remove_accidental_hits, subtract_log_q, sparse,
+            seed: sampled training (see above); ``seed`` seeds ``self.generator``.
+        weight: an existing ``[V, d]`` tensor/Parameter (class centres) instead of a new N(0, 1/d) one.
+        eps: guard of the feature / weight normalisation. ignore_index, reduction: as
+            ``nn.CrossEntropyLoss``.
+
+    Shape:
+        - hidden: :math:`(*, d)`; target: :math:`(*)`; output: scalar, or :math:`(*)` for ``'none'``.
+
+    Examples::
+
+        >>> head = ArcFace(128, 10_000, s=64.0, m=0.5)
+        >>> loss = head(torch.randn(8, 128), torch.randint(0, 10_000, (8,)))
+        >>> big = ArcFace(128, 100_000, num_sampled=1024, sparse=True, seed=0)  # Partial-FC style
     """
 
     normalize_features: bool = True
@@ -437,15 +422,11 @@ class MarginHead(_LinearHeadMixin, LinearEvalMixin, Head):
     def _eval_hidden(self, h: Tensor) -> Tensor:
         return _normalize(h, self.eps) if self.normalize_features else h.to(_acc(h.dtype))
 
-    def _eval_logits(self, h: Tensor, start: int, stop: int) -> Tensor:
-        w = self.weight[start:stop]
-        w = _normalize(w, self.eps) if self.normalize_weights else w
-        return (h @ w.to(h.dtype).t()) * self.scale
-
-    def _eval_target_logit(self, he: Tensor, y: Tensor, z_t: Tensor) -> Tensor:
-        if self.normalize_weights:
-            z_t = z_t / self.weight[y].to(z_t.dtype).norm(dim=-1).clamp(min=self.eps)
-        return z_t * self.scale
+    def _eval_linear(self, h: Tensor):
+        """Margin-free evaluation logits ``s · x' · w'_j``: (s · x', w', None)."""
+        x = self._eval_hidden(h)
+        w = _normalize(self.weight, self.eps) if self.normalize_weights else self.weight
+        return (x * self.scale if self.scale != 1.0 else x), w, None
 
     def embed(self, hidden: Tensor) -> Tensor:
         """Verification feature [..., d] -> [..., d]: ``x̂`` where the head normalises features, else ``x``."""
@@ -465,7 +446,8 @@ class MarginHead(_LinearHeadMixin, LinearEvalMixin, Head):
         return s
 
     # ----------------------------------------------------------------- training
-    def _train_loss(self, h: Tensor, y: Tensor) -> Tensor:
+    def _loss(self, h: Tensor, y: Tensor) -> Tensor:
+        """Margin training objective [N] (dense over all classes, or sampled with ``num_sampled``)."""
         fn = self._step_margin()
         if self.num_sampled is None:
             return margin_softmax_loss(h, self.weight, y, fn, scale=self.scale, normalize_features=self.normalize_features,
@@ -672,14 +654,20 @@ class ArcFace(MarginHead):
 
 
 # ============================================================================ non-margin variants
-class _DenseLinearHead(_LinearHeadMixin, LinearEvalMixin, Head):
-    """``weight [V, d]`` + optional ``bias [V]``; exact training loss through the chunked logsumexp."""
+class _DenseLinearHead(LinearEvalMixin, Head):
+    """``weight [V, d]`` + optional ``bias [V]``: a thin head over :func:`~bigsoftmax.ops.lse.linear_cross_entropy`.
+
+    Subclasses say what the logits are (:meth:`_eval_linear`, the same in training and evaluation)
+    and which class weights / label smoothing the training loss uses; training and evaluation then
+    run on the one streaming kernel (exact, O(N · chunk) memory). Eval mode gives the exact NLL
+    (no class weights, no smoothing).
+    """
 
     def __init__(self, in_features: int, num_classes: int, bias: bool = True, weight: Optional[Tensor] = None,
                  ignore_index: int = -100, reduction: str = "mean"):
         super().__init__(in_features, num_classes, ignore_index, reduction)
         self.weight = _init_weight(weight, num_classes, in_features)
-        self.bias = nn.Parameter(torch.zeros(num_classes)) if bias else None
+        self.bias = nn.Parameter(torch.zeros(num_classes, dtype=self.weight.dtype)) if bias else None
 
     def eval_weight(self) -> Tensor:
         return self.weight
@@ -687,18 +675,28 @@ class _DenseLinearHead(_LinearHeadMixin, LinearEvalMixin, Head):
     def eval_bias(self) -> Optional[Tensor]:
         return self.bias
 
-    def _eval_hidden(self, h: Tensor) -> Tensor:
-        return h.to(_acc(h.dtype))
+    def _train_class_weight(self) -> Optional[Tensor]:
+        return None
 
-    def _nll(self, h: Tensor, y: Tensor) -> Tensor:
-        """Exact cross-entropy of the evaluation logits, with its log-normaliser: -> ([N], [N])."""
-        he = self._eval_hidden(h)
-        lz = self._log_normalizer(h)
-        zt = (he * self.weight[y].to(he.dtype)).sum(-1)
-        if self.bias is not None:
-            zt = zt + self.bias[y].to(zt.dtype)
-        zt = self._eval_target_logit(he, y, zt).to(lz.dtype)
-        return lz - zt, lz
+    def _train_label_smoothing(self) -> float:
+        return 0.0
+
+    def _cross_entropy(self, h: Tensor, y: Tensor, reduction: str) -> Tensor:
+        x, W, b = self._eval_linear(h)
+        return linear_cross_entropy(x, W, b, y, weight_class=self._train_class_weight(), ignore_index=self.ignore_index,
+                                    reduction=reduction, label_smoothing=self._train_label_smoothing())
+
+    def forward(self, hidden: Tensor, target: Tensor) -> Tensor:
+        """Training loss (train mode) or the exact NLL (eval mode): [..., d], [...] -> scalar or [...]."""
+        if not self.training:
+            return super().forward(hidden, target)
+        h, y = self._flat_pair(hidden, target)
+        loss = self._cross_entropy(h, y, self.reduction)
+        return loss.reshape(target.shape) if self.reduction == "none" else loss
+
+    def _loss(self, h: Tensor, y: Tensor) -> Tensor:
+        """Per-example training loss [N] of the kept rows."""
+        return self._cross_entropy(h, y, "none")
 
     def embed(self, hidden: Tensor) -> Tensor:
         """Verification feature: ``x̂`` (unit norm), [..., d] -> [..., d]."""
@@ -707,12 +705,28 @@ class _DenseLinearHead(_LinearHeadMixin, LinearEvalMixin, Head):
 
 
 class L2ConstrainedSoftmax(_DenseLinearHead):
-    """L2-constrained softmax (Ranjan et al. 2017): features rescaled to norm α before a linear softmax.
+    r"""L2-constrained softmax (Ranjan et al. 2017): features rescaled to norm α before a linear softmax.
 
-    ``logits = W (α x̂) + b``; loss = cross-entropy (the same logits in training and evaluation).
-    α > 0: fixed (default 16) or, with ``learn_alpha=True``, a learnable scalar initialised at
-    ``alpha`` (see :func:`l2_alpha_lower_bound` for the paper's lower bound log(p(V−2)/(1−p))).
-    ``embed`` returns ``x̂``.
+    .. math::
+        z = W (\alpha \hat{x}) + b, \qquad \ell = \operatorname{lse}_j z_j - z_y
+
+    (the same logits in training and evaluation). α > 0: fixed (default 16) or, with
+    ``learn_alpha=True``, a learnable scalar initialised at ``alpha`` (see :func:`l2_alpha_lower_bound`
+    for the paper's lower bound log(p(V−2)/(1−p))). ``embed`` returns ``x̂``.
+
+    Args:
+        in_features: d. num_classes: V.
+        alpha: the feature norm α (> 0). learn_alpha: learn α.
+        bias: learn a per-class bias. eps: guard of the feature normalisation.
+        weight, ignore_index, reduction: as :class:`WeightedSoftmax`.
+
+    Shape:
+        - hidden: :math:`(*, d)`; target: :math:`(*)`; output: scalar, or :math:`(*)` for ``'none'``.
+
+    Examples::
+
+        >>> head = L2ConstrainedSoftmax(64, 1000, alpha=16.0)
+        >>> loss = head(torch.randn(8, 64), torch.randint(0, 1000, (8,)))
     """
 
     def __init__(self, in_features: int, num_classes: int, alpha: float = 16.0, learn_alpha: bool = False,
@@ -725,11 +739,8 @@ class L2ConstrainedSoftmax(_DenseLinearHead):
         else:
             self.register_buffer("alpha", torch.tensor(a))
 
-    def _eval_hidden(self, h: Tensor) -> Tensor:
-        return _normalize(h, self.eps) * self.alpha.to(_acc(h.dtype))
-
-    def _train_loss(self, h: Tensor, y: Tensor) -> Tensor:
-        return self._nll(h, y)[0]
+    def _eval_linear(self, h: Tensor):
+        return _normalize(h, self.eps) * self.alpha.to(_acc(h.dtype)), self.weight, self.bias
 
     def embed(self, hidden: Tensor) -> Tensor:
         h = self._flat_hidden(hidden)
@@ -741,12 +752,31 @@ class L2ConstrainedSoftmax(_DenseLinearHead):
 
 
 class WeightedSoftmax(_DenseLinearHead):
-    """Class-weighted softmax cross-entropy: ``loss_i = c_{y_i} (logsumexp_j z_ij − z_{i,y_i})``, z = W x + b.
+    r"""Class-weighted softmax cross-entropy, ``F.cross_entropy(z, y, weight=class_weights)`` with ``z = W x + b``:
 
-    ``class_weights`` [V] >= 0 (e.g. :func:`inverse_frequency_weights` or :func:`effective_number_weights`),
-    stored as a buffer. Reduction follows ``nn.CrossEntropyLoss(weight=...)``: ``'mean'`` divides by
-    the sum of the kept targets' weights, ``'sum'`` and ``'none'`` return the weighted losses.
-    Evaluation is the unweighted softmax of z.
+    .. math::
+        \ell_i = c_{y_i} \big(\operatorname{lse}_j z_{ij} - z_{i y_i}\big)
+
+    Reduction follows ``nn.CrossEntropyLoss(weight=...)``: ``'mean'`` divides by the sum of the kept
+    targets' weights, ``'sum'`` and ``'none'`` return the weighted losses. Evaluation (and the eval-mode
+    forward) is the unweighted softmax of z. Computed by
+    :func:`~bigsoftmax.ops.lse.linear_cross_entropy` (``weight_class=``).
+
+    Args:
+        in_features: d. num_classes: V.
+        class_weights: ``[V]`` weights >= 0, not all 0 (e.g. :func:`inverse_frequency_weights` or
+            :func:`effective_number_weights`), stored as a buffer.
+        bias: learn a per-class bias (zeros at start).
+        weight: an existing ``[V, d]`` tensor/Parameter to use (tie) instead of a new N(0, 1/d) one.
+        ignore_index, reduction: as ``nn.CrossEntropyLoss``.
+
+    Shape:
+        - hidden: :math:`(*, d)`; target: :math:`(*)`; output: scalar, or :math:`(*)` for ``'none'``.
+
+    Examples::
+
+        >>> head = WeightedSoftmax(64, 3, class_weights=inverse_frequency_weights([100, 10, 1]))
+        >>> loss = head(torch.randn(8, 64), torch.randint(0, 3, (8,)))
     """
 
     def __init__(self, in_features: int, num_classes: int, class_weights: Union[Tensor, Sequence[float]],
@@ -764,29 +794,33 @@ class WeightedSoftmax(_DenseLinearHead):
             raise ValueError("class_weights must be finite, >= 0 and not all zero")
         self.register_buffer("class_weights", cw)
 
-    def _train_loss(self, h: Tensor, y: Tensor) -> Tensor:
-        nll, _ = self._nll(h, y)
-        return nll * self.class_weights[y].to(nll.dtype)
-
-    def forward(self, hidden: Tensor, target: Tensor) -> Tensor:
-        if not self.training or self.reduction != "mean":
-            return super().forward(hidden, target)
-        h, y = self._flat_pair(hidden, target)
-        keep = y != self.ignore_index
-        h, y = h[keep], y[keep]
-        per = self._train_loss(h, y)
-        return per.sum() / self.class_weights[y].to(per.dtype).sum()  # 0/0 = NaN when all ignored, like torch
+    def _train_class_weight(self) -> Optional[Tensor]:
+        return self.class_weights
 
 
 class SoftSoftmax(_DenseLinearHead):
-    """Softmax with temperature T and label smoothing ε ("soft" softmax).
+    r"""Softmax with temperature T and label smoothing ε ("soft" softmax).
 
-    ``z = (W x + b) / T``; training loss (as ``F.cross_entropy(z, y, label_smoothing=ε)``)::
+    With ``z = (W x + b) / T``, the training loss is ``F.cross_entropy(z, y, label_smoothing=ε)``:
 
-        loss = (1 − ε)(logsumexp z − z_y) + ε (logsumexp z − mean_c z_c)
+    .. math::
+        \ell = (1 - \varepsilon)(\operatorname{lse} z - z_y) + \varepsilon (\operatorname{lse} z - \operatorname{mean}_c z_c)
 
-    where ``mean_c z_c = (x · mean_c w_c + mean_c b_c) / T`` costs O(V d), never [N, V].
-    Evaluation uses the same tempered distribution softmax(z). T > 0, ε in [0, 1].
+    computed by :func:`~bigsoftmax.ops.lse.linear_cross_entropy` on ``(x / T, W, b / T)`` (the smoothing
+    term costs O(V d), never [N, V]). Evaluation uses the same tempered distribution softmax(z).
+
+    Args:
+        in_features: d. num_classes: V.
+        temperature: T > 0. label_smoothing: ε in [0, 1].
+        bias, weight, ignore_index, reduction: as :class:`WeightedSoftmax`.
+
+    Shape:
+        - hidden: :math:`(*, d)`; target: :math:`(*)`; output: scalar, or :math:`(*)` for ``'none'``.
+
+    Examples::
+
+        >>> head = SoftSoftmax(64, 1000, temperature=2.0, label_smoothing=0.1)
+        >>> loss = head(torch.randn(8, 64), torch.randint(0, 1000, (8,)))
     """
 
     def __init__(self, in_features: int, num_classes: int, temperature: float = 1.0, label_smoothing: float = 0.1,
@@ -795,22 +829,12 @@ class SoftSoftmax(_DenseLinearHead):
         self.temperature = _check_float("temperature", temperature, 0.0, lo_open=True)
         self.label_smoothing = _check_float("label_smoothing", label_smoothing, 0.0, 1.0, hi_open=False)
 
-    def _eval_logits(self, h: Tensor, start: int, stop: int) -> Tensor:
-        return super()._eval_logits(h, start, stop) / self.temperature
+    def _eval_linear(self, h: Tensor):
+        t = self.temperature
+        return h / t, self.weight, (None if self.bias is None else self.bias / t)
 
-    def _eval_target_logit(self, he: Tensor, y: Tensor, z_t: Tensor) -> Tensor:
-        return z_t / self.temperature
-
-    def _train_loss(self, h: Tensor, y: Tensor) -> Tensor:
-        nll, lz = self._nll(h, y)
-        eps = self.label_smoothing
-        if eps == 0.0:
-            return nll
-        he = self._eval_hidden(h)
-        z_mean = he @ self.weight.mean(0).to(he.dtype)
-        if self.bias is not None:
-            z_mean = z_mean + self.bias.mean().to(z_mean.dtype)
-        return (1.0 - eps) * nll + eps * (lz - z_mean.to(lz.dtype) / self.temperature)
+    def _train_label_smoothing(self) -> float:
+        return self.label_smoothing
 
     def extra_repr(self) -> str:
         return (f"in_features={self.in_features}, num_classes={self.num_classes}, temperature={self.temperature}, "

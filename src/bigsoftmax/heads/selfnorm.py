@@ -13,7 +13,7 @@ so perplexities stay comparable with every other head; :meth:`SelfNormalizedSoft
 measures how close ``log Z`` actually gets to 0 on given data.
 
 Training cost: log Z over all V classes is computed in class chunks by the fused
-:func:`bigsoftmax._lse.linear_logsumexp` (exact value and gradient of both ``log Z`` and
+:func:`bigsoftmax.ops.lse.linear_logsumexp` (exact value and gradient of both ``log Z`` and
 ``z_y``, recomputing the chunk scores in the backward), so peak extra memory is O(N * chunk), never
 O(N * V), and the penalty costs nothing beyond the cross-entropy's own normaliser:
 ``d loss / d z_c = (1 + 2 alpha log Z) softmax(z)_c - [c = y]``.
@@ -27,8 +27,10 @@ from typing import NamedTuple, Optional
 import torch
 from torch import Tensor, nn
 
-from .._lse import linear_logsumexp
-from .base import Head, LinearEvalMixin, check_reduction, check_target, reduce_loss
+from .._validate import check_chunk_size, check_reduction, check_target
+from ..ops.lse import linear_logsumexp
+from ..ops.reduce import reduce_loss
+from .base import Head, LinearEvalMixin
 
 __all__ = [
     "SelfNormalizedSoftmax",
@@ -74,7 +76,7 @@ def self_normalized_softmax_loss(
     keep = y != ignore_index
     if not bool(keep.all()):
         h, y = h[keep], y[keep]
-    lse, zy = linear_logsumexp(h, weight, bias, y, recompute=True, chunk=chunk_size)
+    lse, zy = linear_logsumexp(h, weight, bias, y, recompute=True, chunk_size=check_chunk_size(chunk_size))
     per = (lse - zy) + alpha * lse.square()
     return reduce_loss(per, keep, target.shape, reduction)
 
@@ -102,7 +104,19 @@ class SelfNormalizedSoftmax(LinearEvalMixin, Head):
         chunk_size: classes per chunk of the training log Z (default: automatic, ~8 MiB of scores).
 
     Methods beyond the protocol: :meth:`unnormalized_log_prob` (the fast O(d) score),
-    :meth:`log_normalizer` (exact log Z), :meth:`self_normalization_report`.
+    :meth:`log_normalizer` (exact log Z), :meth:`self_normalization_report`. Training mode returns
+    ``CE + α (log Z)²``; eval mode the exact NLL ``log Z − z_y`` (the penalty is a training device).
+
+    Shape:
+        - hidden: :math:`(*, d)`; target: :math:`(*)`.
+        - output: scalar, or :math:`(*)` for ``reduction='none'``.
+
+    Examples::
+
+        >>> head = SelfNormalizedSoftmax(64, 10_000, alpha=0.1)
+        >>> loss = head(torch.randn(8, 64), torch.randint(0, 10_000, (8,)))
+        >>> head.log_normalizer(torch.randn(8, 64)).shape
+        torch.Size([8])
     """
 
     def __init__(
@@ -121,10 +135,7 @@ class SelfNormalizedSoftmax(LinearEvalMixin, Head):
     ):
         super().__init__(in_features, num_classes, ignore_index, reduction)
         self.alpha = _check_alpha(alpha)
-        bad_chunk = isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1
-        if chunk_size is not None and bad_chunk:
-            raise ValueError(f"chunk_size must be a positive int or None, got {chunk_size!r}")
-        self.chunk_size = chunk_size
+        self.chunk_size = check_chunk_size(chunk_size)
         if weight is not None:
             if not isinstance(weight, nn.Parameter):
                 raise TypeError(f"weight must be an nn.Parameter (to tie it), got {type(weight).__name__}")
@@ -166,7 +177,8 @@ class SelfNormalizedSoftmax(LinearEvalMixin, Head):
         return self.bias
 
     def _loss(self, h: Tensor, y: Tensor) -> Tensor:
-        lse, zy = linear_logsumexp(h, self.weight, self.bias, y, recompute=True, chunk=self.chunk_size)
+        """Training objective ``(log Z − z_y) + α (log Z)²`` [N] (eval mode: the exact NLL instead)."""
+        lse, zy = linear_logsumexp(h, self.weight, self.bias, y, recompute=True, chunk_size=self.chunk_size)
         return (lse - zy) + self.alpha * lse.square()
 
     # ------------------------------------------------------------------ self-normalised scoring

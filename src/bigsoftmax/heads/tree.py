@@ -23,7 +23,7 @@ Parameterisations (``parameterization=``):
 Costs with N rows, depth D, arity A, width d:
 
 * training / ``target_log_prob``: O(N * D * A * d), no [N, V] and no Python loop over examples;
-  one custom autograd function per step (``_PathLogProb``), so the weight gradient is built once
+  one custom autograd function per step (:class:`bigsoftmax.ops.tree.PathLogProb`), so the weight gradient is built once
   (dense, or sparse with ``sparse=True``). A node visited by ``c`` examples of the batch with
   ``a`` children is scored by one GEMM over its rows when ``(c - 1) * a * d >= group_threshold``
   (default 65536: the root and the popular clusters of a class-based tree, the top of a Huffman
@@ -41,224 +41,26 @@ Costs with N rows, depth D, arity A, width d:
 from __future__ import annotations
 
 import math
-from typing import List, NamedTuple, Optional, Tuple
+from typing import List, Optional, Tuple
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from torch.autograd.function import once_differentiable
-
 from .. import trees as T
+from ..ops.tree import Part as _Part
+from ..ops.tree import PathLogProb as _PathLogProb
+from ..ops.tree import acc_dtype as _acc
+from ..ops.tree import gather_scores as _gather_scores
+from ..ops.tree import grouped_scores as _grouped_scores
+from ..ops.tree import mask_value as _neg
 from .base import Head
 
 __all__ = ["TreeSoftmax", "HierarchicalSoftmax", "ClassBasedSoftmax", "segment_log_softmax"]
 
-#: elements of a gathered [rows, K, d] block scored at once by :func:`_gather_scores`
-_CHUNK_ELEMS = 1 << 21
 #: elements of an [n, S] block in the dense level-wise ``log_prob``
 _DENSE_ELEMS = 1 << 23
 
 _PARAMETERIZATIONS = ("auto", "softmax", "sigmoid")
-
-
-def _acc(dtype: torch.dtype) -> torch.dtype:
-    return torch.promote_types(dtype, torch.float32)
-
-
-def _neg(dtype: torch.dtype) -> float:
-    """The most negative finite value: the mask value for impossible entries."""
-    return torch.finfo(dtype).min
-
-
-# ----------------------------------------------------------------------------- math
-def _gather_scores(h: Tensor, weight: Tensor, bias: Optional[Tensor], rows: Tensor, index: Tensor) -> Tensor:
-    """``out[p, k] = h[rows[p]] . weight[index[p, k]] + bias[index[p, k]]``, no autograd.
-
-    h [N, d], weight [R, d], bias [R] or None, rows [P], index [P, K] -> [P, K] in the promoted
-    dtype of h and weight. The gathered [P, K, d] rows are never held at once: chunks of about
-    2M elements (memory O(P * K + chunk)).
-    """
-    P, K = index.shape
-    d = h.shape[1]
-    dt = torch.promote_types(h.dtype, weight.dtype)
-    out = torch.empty(P, K, dtype=dt, device=h.device)
-    step = max(1, _CHUNK_ELEMS // max(1, K * d))
-    with torch.no_grad():
-        for a in range(0, P, step):
-            b = min(P, a + step)
-            hp = h.index_select(0, rows[a:b]).to(dt)
-            w = weight.index_select(0, index[a:b].reshape(-1)).view(b - a, K, d).to(dt)
-            out[a:b] = torch.einsum("pkd,pd->pk", w, hp)
-        if bias is not None:
-            out += bias.index_select(0, index.reshape(-1)).view(P, K).to(dt)
-    return out
-
-
-class _Part(NamedTuple):
-    """(row, node) pairs scored the same way (built by :meth:`TreeSoftmax._parts`).
-
-    kind 'sigmoid': ``index [P, 1]`` node ids (= weight rows); child 0/1 <-> sigmoid(+z)/sigmoid(-z).
-    kind 'gather': ``index [P, A]`` child slots padded to the widest node, ``ok [P, A]`` real-child
-    mask (None: all real).
-    kind 'grouped': pairs sorted by node; node u owns slots ``offs[u] : offs[u] + arities[u]``
-    and the next ``counts[u]`` pairs.
-    ``sel`` [P]: positions of these pairs in the caller's pair list (None: all, in order).
-    """
-
-    kind: str
-    sel: Optional[Tensor]
-    rows: Tensor
-    index: Optional[Tensor] = None
-    ok: Optional[Tensor] = None
-    offs: Tuple[int, ...] = ()
-    counts: Tuple[int, ...] = ()
-    arities: Tuple[int, ...] = ()
-
-
-def _grouped_scores(h: Tensor, weight: Tensor, bias: Optional[Tensor], part: _Part, valid: Optional[Tensor],
-                    acc: torch.dtype) -> List[Tensor]:
-    """[count_u, arity_u] masked scores of each node u of a 'grouped' part: one GEMM per node."""
-    neg = _neg(acc)
-    hs = h.index_select(0, part.rows).to(torch.promote_types(h.dtype, weight.dtype))
-    blocks, p = [], 0
-    with torch.no_grad():
-        for off, c, a in zip(part.offs, part.counts, part.arities):
-            hu, wu = hs[p:p + c], weight[off:off + a]
-            z = (hu @ wu.t() if bias is None else torch.addmm(bias[off:off + a], hu, wu.t())).to(acc)
-            if valid is not None:
-                z = torch.where(valid[off:off + a], z, neg)
-            blocks.append(z)
-            p += c
-    return blocks
-
-
-class _PathLogProb(torch.autograd.Function):
-    """Training kernel: ``out[i] = sum over row i's path pairs of log P(chosen child | node)``.
-
-    One call per step covers every part, so the weight gradient is built once (one dense [R, d]
-    buffer, or one sparse COO tensor over the touched rows). The forward keeps per-pair
-    ``D = -d log P / dz`` (``softmax(z) - onehot(child)``; sigmoid: ``-s * sigmoid(-s z)`` with
-    ``s = +-1``), a total of sum(P * A) floats; the backward pushes ``-g * D`` through the same
-    gathers and per-node GEMMs.
-    """
-
-    @staticmethod
-    def forward(ctx, h, weight, bias, parts, child, valid, sparse):
-        dt = torch.promote_types(h.dtype, weight.dtype)
-        acc = _acc(dt)
-        out = torch.zeros(h.shape[0], dtype=acc, device=h.device)
-        saved = []
-        for part in parts:
-            ch = child if part.sel is None else child.index_select(0, part.sel)
-            if part.kind == "sigmoid":
-                z = _gather_scores(h, weight, bias, part.rows, part.index).squeeze(1).to(acc)
-                sz = torch.where(ch == 0, z, -z)
-                out.index_add_(0, part.rows, F.logsigmoid(sz))
-                saved.append([(torch.where(ch == 0, -1.0, 1.0).to(acc) * torch.sigmoid(-sz))[:, None]])
-                continue
-            if part.kind == "gather":
-                z = _gather_scores(h, weight, bias, part.rows, part.index).to(acc)
-                if part.ok is not None:
-                    z = torch.where(part.ok, z, _neg(acc))
-                blocks, chs = [z], [ch]
-            else:
-                blocks = _grouped_scores(h, weight, bias, part, valid, acc)
-                chs = ch.split(list(part.counts))
-            picked, ds = [], []
-            for z, c in zip(blocks, chs):
-                lse = torch.logsumexp(z, dim=1, keepdim=True)
-                picked.append((z.gather(1, c[:, None]) - lse).squeeze(1))
-                pr = torch.exp(z - lse)  # exactly 0 at masked children
-                ds.append(pr.scatter_add_(1, c[:, None], pr.new_full((c.numel(), 1), -1.0)))
-            out.index_add_(0, part.rows, picked[0] if len(picked) == 1 else torch.cat(picked))
-            saved.append(ds)
-        ctx.save_for_backward(h, weight)
-        ctx.parts, ctx.saved = parts, saved
-        ctx.meta = (bias is not None, None if bias is None else bias.dtype, bool(sparse))
-        return out
-
-    @staticmethod
-    @once_differentiable
-    def backward(ctx, g):
-        h, weight = ctx.saved_tensors
-        has_bias, bias_dtype, sparse = ctx.meta
-        R, d = weight.shape
-        dt = torch.promote_types(h.dtype, weight.dtype)
-        need_h, need_w = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
-        need_b = has_bias and ctx.needs_input_grad[2]
-        dev = h.device
-        grad_h = torch.zeros(h.shape, dtype=dt, device=dev) if need_h else None
-        grad_w = torch.zeros((R, d), dtype=dt, device=dev) if need_w and not sparse else None
-        grad_b = torch.zeros(R, dtype=dt, device=dev) if need_b and not sparse else None
-        sp = sparse and (need_w or need_b)
-        if sp:  # one preallocated COO: touched rows (with repeats) and their gradient rows
-            total = sum(sum(pt.arities) if pt.kind == "grouped" else pt.index.numel() for pt in ctx.parts)
-            sp_idx = torch.empty(total, dtype=torch.long, device=dev)
-            sp_w = torch.empty((total, d), dtype=dt, device=dev) if need_w else None
-            sp_b = torch.empty(total, dtype=dt, device=dev) if need_b else None
-        pos = 0
-        for part, ds in zip(ctx.parts, ctx.saved):
-            gr = g.index_select(0, part.rows).to(ds[0].dtype)
-            if part.kind != "grouped":
-                G = (ds[0] * (-gr[:, None])).to(dt)  # d out / d z   [P, K]
-                K = G.shape[1]
-                step = max(1, _CHUNK_ELEMS // max(1, K * d))
-                for a in range(0, G.shape[0], step):
-                    b = min(G.shape[0], a + step)
-                    idx = part.index[a:b].reshape(-1)
-                    Gc = G[a:b]
-                    if need_h:
-                        w = weight.index_select(0, idx).view(b - a, K, d).to(dt)
-                        grad_h.index_add_(0, part.rows[a:b], torch.einsum("pk,pkd->pd", Gc, w))
-                    hp = h.index_select(0, part.rows[a:b]).to(dt) if need_w else None
-                    if sp:
-                        # padded entries hold zero gradient at the node's own first slot (or a
-                        # dummy slot): harmless repeats, so no masking copy is needed
-                        n_ = idx.numel()
-                        sp_idx[pos:pos + n_] = idx
-                        if need_w:
-                            torch.mul(Gc.unsqueeze(2), hp.unsqueeze(1), out=sp_w[pos:pos + n_].view(b - a, K, d))
-                        if need_b:
-                            sp_b[pos:pos + n_] = Gc.reshape(-1)
-                        pos += n_
-                    else:
-                        if need_w:
-                            grad_w.index_add_(0, idx, (Gc.unsqueeze(2) * hp.unsqueeze(1)).reshape(-1, d))
-                        if need_b:
-                            grad_b.index_add_(0, idx, Gc.reshape(-1))
-                continue
-            gparts = gr.split(list(part.counts))
-            hs = h.index_select(0, part.rows).to(dt) if need_w else None
-            grad_hs = torch.empty((part.rows.numel(), d), dtype=dt, device=dev) if need_h else None
-            p = 0
-            for D, gu, off, c, a in zip(ds, gparts, part.offs, part.counts, part.arities):
-                G = (D * (-gu[:, None])).to(dt)  # [c, a]
-                if need_h:
-                    torch.mm(G, weight[off:off + a].to(dt), out=grad_hs[p:p + c])
-                if sp:
-                    torch.arange(off, off + a, out=sp_idx[pos:pos + a])
-                    if need_w:
-                        torch.mm(G.t(), hs[p:p + c], out=sp_w[pos:pos + a])
-                    if need_b:
-                        torch.sum(G, 0, out=sp_b[pos:pos + a])
-                    pos += a
-                else:
-                    if need_w:
-                        grad_w[off:off + a] += G.t() @ hs[p:p + c]
-                    if need_b:
-                        grad_b[off:off + a] += G.sum(0)
-                p += c
-            if need_h:
-                grad_h.index_add_(0, part.rows, grad_hs)
-        if sp:
-            if need_w:
-                grad_w = torch.sparse_coo_tensor(sp_idx[None], sp_w.to(weight.dtype), (R, d), check_invariants=False)
-            if need_b:
-                grad_b = torch.sparse_coo_tensor(sp_idx[None], sp_b.to(bias_dtype), (R,), check_invariants=False)
-        else:
-            grad_w = grad_w.to(weight.dtype) if grad_w is not None else None
-            grad_b = grad_b.to(bias_dtype) if grad_b is not None else None
-        return (grad_h.to(h.dtype) if grad_h is not None else None), grad_w, grad_b, None, None, None, None
 
 
 def segment_log_softmax(z: Tensor, group: Tensor, num_groups: int, valid: Optional[Tensor] = None) -> Tensor:
