@@ -1,0 +1,1 @@
+"""Private kernels of bigsoftmax (not public API): one file per role."""

@@ -1,0 +1,72 @@
+"""Candidate samplers: the TF samplers, the context-dependent bigram proposal, streaming frequencies.
+
+* :mod:`.candidates` — ``nn.Module`` samplers :class:`Uniform`, :class:`LogUniform`,
+  :class:`Unigram`, :class:`LearnedUnigram`, :class:`All` (subclasses of :class:`CandidateSampler`)
+  and the TF-named functions (``uniform_candidate_sampler``, ``log_uniform_candidate_sampler``,
+  ``learned_unigram_candidate_sampler``, ``fixed_unigram_candidate_sampler``,
+  ``all_candidate_sampler``), with TF 2.x semantics: one candidate set ``[S]`` shared by the batch.
+* :mod:`.bigram` — :class:`Bigram`, ``Q(y | prev)`` interpolating bigram and unigram^α counts;
+  one candidate set ``[N, S]`` per example, drawn for the context (previous token) of each row.
+* :mod:`.streaming` — :class:`StreamingFrequencyEstimator` (Yi et al. 2019), the per-step item
+  frequencies used for in-batch log Q correction.
+
+Every sampler returns ``(sampled_candidates, true_expected_count, sampled_expected_count)`` and
+keeps its state in registered buffers (``state_dict()`` checkpoints it); random draws use the
+``torch.Generator`` passed in (heads pass their own seeded one).
+"""
+
+from .bigram import Bigram, expected_count_per_row, unique_per_row
+from .candidates import (
+    All,
+    CandidateSampler,
+    CandidateSamples,
+    LearnedUnigram,
+    LogUniform,
+    Uniform,
+    Unigram,
+    all_candidate_sampler,
+    expected_count,
+    fenwick_add,
+    fenwick_build,
+    fenwick_search,
+    fixed_unigram_candidate_sampler,
+    inverse_cdf,
+    inverse_cdf_draw,
+    learned_unigram_candidate_sampler,
+    log_uniform_candidate_sampler,
+    log_uniform_draw,
+    log_uniform_prob,
+    read_vocab_file,
+    uniform_candidate_sampler,
+    unique_by_rejection,
+)
+from .streaming import StreamingFrequencyEstimator
+
+__all__ = [
+    "CandidateSamples",
+    "CandidateSampler",
+    "Uniform",
+    "LogUniform",
+    "Unigram",
+    "LearnedUnigram",
+    "All",
+    "Bigram",
+    "uniform_candidate_sampler",
+    "log_uniform_candidate_sampler",
+    "learned_unigram_candidate_sampler",
+    "fixed_unigram_candidate_sampler",
+    "all_candidate_sampler",
+    "expected_count",
+    "expected_count_per_row",
+    "log_uniform_prob",
+    "log_uniform_draw",
+    "inverse_cdf",
+    "inverse_cdf_draw",
+    "unique_by_rejection",
+    "unique_per_row",
+    "fenwick_build",
+    "fenwick_add",
+    "fenwick_search",
+    "read_vocab_file",
+    "StreamingFrequencyEstimator",
+]
