@@ -139,8 +139,8 @@ def assemble(d: Path, note: str = "") -> None:
     For benches run in parts (some heads re-run or added later with the same flags): the table
     then mixes runs made at different times, which ``note`` should say.
     """
-    from bigsoftmax.bench import format_table, plot_pareto
-    from bigsoftmax.registry import HEADS
+    from bigsoftmax.lm.bench import format_table, plot_pareto
+    from bigsoftmax.lm.registry import HEADS
 
     runs = []
     for h in HEADS:

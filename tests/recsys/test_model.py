@@ -6,7 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from bigsoftmax.models.twotower import TwoTower, masked_attention, masked_mean
+from bigsoftmax.recsys.model import TwoTower, masked_attention, masked_mean
 
 
 def _inputs(N=4, L=5, V=20, seed=0):

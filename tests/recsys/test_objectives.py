@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 
 from bigsoftmax import samplers as S
-from bigsoftmax.models.twotower import TwoTower
+from bigsoftmax.recsys.model import TwoTower
 from bigsoftmax.recsys.baselines import evaluate_baseline
 from bigsoftmax.recsys.eval import evaluate
 from bigsoftmax.recsys.objectives import Objective, build_objective, log_target_frequency

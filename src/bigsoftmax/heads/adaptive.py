@@ -110,7 +110,7 @@ def check_counts(counts, num_classes: Optional[int] = None, name: str = "counts"
         raise ValueError(
             f"{name} must be non-increasing: class ids are assumed frequency-sorted (0 = most frequent), "
             f"but counts[{i}]={arr[i]!r} < counts[{i + 1}]={arr[i + 1]!r}; sort your vocabulary by "
-            "frequency first (bigsoftmax.data does)"
+            "frequency first (bigsoftmax.lm.data does)"
         )
     return arr
 

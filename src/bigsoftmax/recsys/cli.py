@@ -24,7 +24,7 @@ import sys
 from pathlib import Path
 from typing import Optional, Sequence
 
-from ..cli import _pos_float, _pos_int
+from .._jobs import pos_float as _pos_float, pos_int as _pos_int
 
 __all__ = ["register", "main", "build_parser"]
 
@@ -313,7 +313,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     """Run ``bigsoftmax recsys`` with ``argv`` (without the leading ``recsys``); returns the exit code."""
-    from ..cli import run_cli
+    from .._jobs import run_cli
 
     return run_cli(build_parser(), list(sys.argv[1:] if argv is None else argv), "bigsoftmax recsys")
 

@@ -59,8 +59,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from ..data.recipes import CorpusUnavailableError, _run, cache_dir, data_dir
-from ..data.text import read_text
+from .._jobs import CorpusUnavailableError, cache_dir, data_dir, read_text
+from .._jobs import run_fetch_command as _run
 
 __all__ = [
     "DatasetUnavailableError",

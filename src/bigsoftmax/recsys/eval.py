@@ -120,7 +120,7 @@ def user_vectors_for(model, data: RecsysData, users: Tensor, positions: Tensor, 
 @torch.no_grad()
 def evaluate(model, data: RecsysData, split: str = "test", max_history: int = 10, ks: Sequence[int] = DEFAULT_KS,
              use_user_features: Optional[bool] = None, item_chunk: int = 4096) -> Dict[str, float]:
-    """Exact full-catalogue metrics of a :class:`~bigsoftmax.models.TwoTower` on ``split``.
+    """Exact full-catalogue metrics of a :class:`~bigsoftmax.recsys.model.TwoTower` on ``split``.
 
     ``use_user_features`` defaults to whether the model has user-feature embeddings.
     """

@@ -17,9 +17,9 @@ from typing import Callable, Dict, List, Optional, Tuple, Union
 
 import torch
 
-from ..models.twotower import TwoTower
+from .._jobs import Progress, save_atomic
+from .model import TwoTower
 from ..optim import make_optimizer
-from ..train import Progress, save_atomic
 from .data import RecsysData
 from .objectives import FREQ_SOURCES, OBJECTIVES, SAMPLERS, Objective, build_objective
 

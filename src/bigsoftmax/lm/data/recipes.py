@@ -21,13 +21,13 @@ import lzma
 import os
 import re
 import shutil
-import subprocess
 import tarfile
 import tempfile
 from pathlib import Path
 from typing import Callable, Dict, List, Optional, Union
 
-from .text import decode_bytes
+from ..._jobs import CorpusUnavailableError, cache_dir, data_dir, decode_bytes
+from ..._jobs import run_fetch_command as _run
 
 __all__ = [
     "CorpusUnavailableError",
@@ -41,26 +41,6 @@ __all__ = [
 ]
 
 PathLike = Union[str, Path]
-
-
-class CorpusUnavailableError(RuntimeError):
-    """A named corpus is neither supplied nor fetchable; the message says what to do (one line)."""
-
-
-def cache_dir() -> Path:
-    """``$BIGSOFTMAX_CACHE`` or ``~/.cache/bigsoftmax`` (``$XDG_CACHE_HOME/bigsoftmax`` when set)."""
-    env = os.environ.get("BIGSOFTMAX_CACHE")
-    if env:
-        return Path(env).expanduser()
-    xdg = os.environ.get("XDG_CACHE_HOME")
-    base = Path(xdg).expanduser() if xdg else Path.home() / ".cache"
-    return base / "bigsoftmax"
-
-
-def data_dir() -> Optional[Path]:
-    """``$BIGSOFTMAX_DATA`` (a folder of pre-fetched ``<name>.txt.xz`` files) or None."""
-    env = os.environ.get("BIGSOFTMAX_DATA")
-    return Path(env).expanduser() if env else None
 
 
 def bundled_corpus_path(name: str = "gutenberg") -> Path:
@@ -105,15 +85,6 @@ def gcide_to_text(dict_text: str) -> str:
 
 
 # ---------------------------------------------------------------------------- fetchers
-def _run(cmd: List[str], cwd: Path, what: str, hint: str) -> None:
-    try:
-        r = subprocess.run(cmd, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, timeout=600)
-    except (OSError, subprocess.TimeoutExpired) as e:
-        raise CorpusUnavailableError(f"fetching {what} with `{' '.join(cmd)}` failed ({e}); {hint}") from None
-    if r.returncode != 0:
-        err = decode_bytes(r.stderr).strip().splitlines()
-        last = err[-1] if err else f"exit status {r.returncode}"
-        raise CorpusUnavailableError(f"fetching {what} with `{' '.join(cmd)}` failed ({last}); {hint}")
 
 
 def _fetch_brown(tmp: Path) -> str:

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from bigsoftmax import heads as H
-from bigsoftmax.registry import (HEADS, HeadOptions, HeadUnavailableError, available_heads, build_head,
+from bigsoftmax.lm.registry import (HEADS, HeadOptions, HeadUnavailableError, available_heads, build_head,
                                  default_cutoffs, default_num_sampled)
 
 V, D = 300, 8

@@ -16,275 +16,28 @@ counting checkpoints and evaluation). At the end the exact validation perplexity
 
 from __future__ import annotations
 
-import json
-import math
-import os
-import resource
 import signal
-import sys
-import tempfile
 import threading
 import time
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable, Dict, List, Optional, Union
 
 import numpy as np
 import torch
-from torch import nn
 
+from .._jobs import Progress, peak_rss_mb, save_atomic, write_json_atomic
 from .data import Corpus, batchify, iter_batches, load_corpus, num_batches, unigram_perplexity
-from .models import build_lm
-from .registry import HeadOptions, build_head
+from .config import CHECKPOINT, CKPT_FORMAT, TrainConfig, _generators, build_model, seed_generators
 
 __all__ = ["TrainConfig", "Trainer", "train", "build_model", "save_atomic", "Progress", "peak_rss_mb",
            "CHECKPOINT", "seed_generators"]
 
-CHECKPOINT = "checkpoint.pt"
-CKPT_FORMAT = 1
 #: steps per process excluded from the tokens/s measurement (allocator / kernel warm-up)
 WARMUP_STEPS = 3
 
 
-@dataclass
-class TrainConfig:
-    """Everything that defines a run (saved as ``config.json`` and inside the checkpoint)."""
-
-    # data
-    corpus: str = "gutenberg"
-    lowercase: bool = True
-    min_count: int = 1
-    max_size: Optional[int] = None
-    max_lines: Optional[int] = None
-    block_lines: int = 100
-    # head
-    head: str = "full"
-    num_sampled: Optional[int] = None
-    sampler: Optional[str] = None
-    sparse: bool = False
-    cutoffs: Optional[List[int]] = None
-    div_value: float = 4.0
-    num_clusters: Optional[int] = None
-    # model
-    model: str = "lstm"
-    d_model: int = 256
-    num_layers: int = 1
-    num_heads: int = 4
-    dropout: float = 0.0
-    tie: bool = True
-    # optimisation
-    batch_size: int = 64
-    seq_len: int = 35
-    lr: float = 3e-3
-    clip: float = 1.0
-    seed: int = 0
-    # budget (None = not limited; all None = 1 epoch)
-    epochs: Optional[float] = None
-    max_tokens: Optional[int] = None
-    time_budget: Optional[float] = None
-    # evaluation / bookkeeping
-    eval_tokens: Optional[int] = None
-    eval_batch_size: int = 16
-    checkpoint_every: float = 120.0
-    progress: bool = True
-
-    def validate(self) -> "TrainConfig":
-        def pos_int(name, lo=1, optional=False):
-            v = getattr(self, name)
-            if optional and v is None:
-                return
-            if not isinstance(v, int) or isinstance(v, bool) or v < lo:
-                raise ValueError(f"{name} must be an int >= {lo}, got {v!r}")
-
-        def pos_float(name, optional=False, allow_zero=False):
-            v = getattr(self, name)
-            if optional and v is None:
-                return
-            if not isinstance(v, (int, float)) or isinstance(v, bool) or not (v >= 0 if allow_zero else v > 0) \
-                    or not math.isfinite(v):
-                raise ValueError(f"{name} must be a finite number {'>=' if allow_zero else '>'} 0, got {v!r}")
-
-        for n in ("d_model", "num_layers", "num_heads", "batch_size", "seq_len", "eval_batch_size"):
-            pos_int(n)
-        for n in ("max_tokens", "eval_tokens", "num_sampled", "num_clusters", "max_size", "max_lines"):
-            pos_int(n, optional=True)
-        pos_int("min_count")
-        pos_int("block_lines")
-        pos_int("seed", lo=0)
-        pos_float("lr")
-        pos_float("clip", allow_zero=True)
-        pos_float("checkpoint_every")
-        pos_float("div_value")
-        for n in ("epochs", "time_budget"):
-            pos_float(n, optional=True)
-        if self.model not in ("lstm", "transformer"):
-            raise ValueError(f"model must be 'lstm' or 'transformer', got {self.model!r}")
-        if not 0.0 <= self.dropout < 1.0:
-            raise ValueError(f"dropout must be in [0, 1), got {self.dropout!r}")
-        return self
-
-    @classmethod
-    def from_dict(cls, d: Dict) -> "TrainConfig":
-        names = {f.name for f in fields(cls)}
-        return cls(**{k: v for k, v in d.items() if k in names})
-
-    def head_options(self) -> HeadOptions:
-        return HeadOptions(num_sampled=self.num_sampled, sampler=self.sampler, sparse=self.sparse, seed=self.seed,
-                           cutoffs=self.cutoffs, div_value=self.div_value, num_clusters=self.num_clusters)
-
-    def corpus_kwargs(self) -> Dict:
-        return dict(lowercase=self.lowercase, min_count=self.min_count, max_size=self.max_size,
-                    max_lines=self.max_lines, block_lines=self.block_lines)
-
-
 # ----------------------------------------------------------------------------- helpers
-def peak_rss_mb() -> float:
-    """Process high-water resident memory in MiB (``ru_maxrss``; KiB on Linux)."""
-    r = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return r / 1024.0 if sys.platform != "darwin" else r / 2**20
-
-
-def _umask_mode() -> int:
-    """0o666 minus the process umask: the mode ``open()`` would give a new file (mkstemp uses 0o600)."""
-    mask = os.umask(0)
-    os.umask(mask)
-    return 0o666 & ~mask
-
-
-def save_atomic(obj, path: Union[str, Path]) -> None:
-    """``torch.save`` to a temporary file in the same folder, fsync, then ``os.replace`` onto ``path``."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, _umask_mode())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
-def write_json_atomic(obj, path: Union[str, Path]) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
-    with os.fdopen(fd, "w", encoding="utf-8") as f:
-        json.dump(obj, f, indent=1, default=_json_default)
-    os.chmod(tmp, _umask_mode())
-    os.replace(tmp, path)
-
-
-def _json_default(o):
-    if isinstance(o, (np.integer,)):
-        return int(o)
-    if isinstance(o, (np.floating,)):
-        return float(o)
-    if isinstance(o, Path):
-        return str(o)
-    raise TypeError(f"not JSON serialisable: {type(o).__name__}")
-
-
-def _generators(model: nn.Module) -> Dict[str, torch.Generator]:
-    """Every ``torch.Generator`` held as an attribute by a submodule (heads, samplers), by dotted name."""
-    out = {}
-    for name, m in model.named_modules():
-        for k, v in vars(m).items():
-            if isinstance(v, torch.Generator):
-                out[f"{name}.{k}" if name else k] = v
-    return out
-
-
-def seed_generators(model: nn.Module, seed: int) -> None:
-    """Seed each module generator deterministically from ``seed`` and its name."""
-    for i, (name, g) in enumerate(sorted(_generators(model).items())):
-        g.manual_seed((seed * 1_000_003 + 7919 * (i + 1)) % (2**63 - 1))
-
-
-def build_model(cfg: TrainConfig, corpus_counts: np.ndarray) -> nn.Module:
-    """The LM of ``cfg`` over ``len(corpus_counts)`` classes; body and head initialised from ``cfg.seed``.
-
-    The body/embedding are initialised from ``seed`` after the head, with the head drawn from a
-    separately seeded stream, so every head gets the same body initialisation.
-    """
-    V = int(len(corpus_counts))
-    torch.manual_seed(cfg.seed + 1)
-    head = build_head(cfg.head, cfg.d_model, corpus_counts, cfg.head_options())
-    torch.manual_seed(cfg.seed)
-    model = build_lm(cfg.model, V, head, cfg.d_model, cfg.num_layers, cfg.dropout, cfg.tie, cfg.sparse,
-                     max_len=max(cfg.seq_len, 1), num_heads=cfg.num_heads)
-    seed_generators(model, cfg.seed)
-    return model
-
-
-def _fmt_time(s: float) -> str:
-    if not math.isfinite(s) or s < 0:
-        return "--:--"
-    s = int(round(s))
-    h, r = divmod(s, 3600)
-    m, s = divmod(r, 60)
-    return f"{h}:{m:02d}:{s:02d}" if h else f"{m:02d}:{s:02d}"
-
-
-def _fmt_num(x: float) -> str:
-    for unit, div in (("G", 1e9), ("M", 1e6), ("K", 1e3)):
-        if abs(x) >= div:
-            return f"{x / div:.1f}{unit}"
-    return f"{x:.0f}"
-
-
-class Progress:
-    """A one-line progress bar on stderr: fraction done, tokens, tokens/s, loss, ETA.
-
-    On a terminal it redraws in place at most every ``interval`` seconds; otherwise (logs, CI) it
-    prints a plain line every ``log_interval`` seconds.
-    """
-
-    def __init__(self, label: str = "train", stream=None, enabled: bool = True, interval: float = 0.25,
-                 log_interval: float = 15.0, width: int = 24):
-        self.stream = stream if stream is not None else sys.stderr
-        self.enabled = enabled
-        self.tty = bool(getattr(self.stream, "isatty", lambda: False)())
-        self.interval = interval if self.tty else log_interval
-        self.label = label
-        self.width = width
-        self._last = -1e9
-        self._drawn = False
-
-    def update(self, frac: float, tokens: int, tok_s: float, loss: float, eta: float, force: bool = False) -> None:
-        if not self.enabled:
-            return
-        now = time.perf_counter()
-        if not force and now - self._last < self.interval:
-            return
-        self._last = now
-        frac = min(max(frac, 0.0), 1.0)
-        filled = int(round(frac * self.width))
-        bar = "#" * filled + "." * (self.width - filled)
-        line = (f"{self.label} {frac * 100:5.1f}% [{bar}] {_fmt_num(tokens)} tok  {_fmt_num(tok_s)} tok/s  "
-                f"loss {loss:.3f}  ETA {_fmt_time(eta)}")
-        if self.tty:
-            self.stream.write("\r" + line + "\x1b[K")
-            self._drawn = True
-        else:
-            self.stream.write(line + "\n")
-        self.stream.flush()
-
-    def close(self) -> None:
-        if self.enabled and self._drawn:
-            self.stream.write("\n")
-            self.stream.flush()
-            self._drawn = False
-
-    def message(self, text: str) -> None:
-        if self.enabled:
-            self.close()
-            self.stream.write(text + "\n")
-            self.stream.flush()
 
 
 # ----------------------------------------------------------------------------- trainer
@@ -348,12 +101,12 @@ class Trainer:
 
     # ------------------------------------------------------------------ setup
     def _make_optimizer(self):
-        from .optim import make_optimizer
+        from ..optim import make_optimizer
 
         return make_optimizer(self.model, lr=self.cfg.lr)
 
     def _dense_params(self):
-        from .optim import split_params
+        from ..optim import split_params
 
         return split_params(self.model)[0]
 

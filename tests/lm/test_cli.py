@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from bigsoftmax import cli
-from bigsoftmax.registry import HEADS, available_heads
+from bigsoftmax.lm.registry import HEADS, available_heads
 
 #: a small but real slice: the first 3000 lines of the bundled Gutenberg text, vocabulary capped at 500
 TINY = ["--corpus", "gutenberg", "--max-lines", "3000", "--max-vocab", "500", "--block-lines", "50"]
@@ -130,10 +130,13 @@ def test_heads_and_corpus_commands(capsys):
     assert "vocabulary" in capsys.readouterr().out
 
 
-def test_plugin_subcommands_are_optional(monkeypatch):
-    monkeypatch.setattr(cli, "_PLUGINS", ("bigsoftmax.no_such_plugin.cli",))
-    parser = cli.build_parser()  # an absent plugin is skipped
-    assert parser.parse_args(["heads"]).func is cli.cmd_heads
+def test_job_subcommands_are_optional(monkeypatch):
+    from bigsoftmax import cli as top
+    from bigsoftmax.lm import cli as lm_cli
+
+    monkeypatch.setattr(top, "_JOBS", ("bigsoftmax.lm.cli", "bigsoftmax.no_such_job.cli"))
+    parser = top.build_parser()  # an absent job is skipped
+    assert parser.parse_args(["heads"]).func is lm_cli.cmd_heads
 
     class Plugin:
         @staticmethod
@@ -142,13 +145,19 @@ def test_plugin_subcommands_are_optional(monkeypatch):
             p.set_defaults(func=lambda a: 7)
 
     monkeypatch.setitem(sys.modules, "fake_plugin_cli", Plugin)
-    monkeypatch.setattr(cli, "_PLUGINS", ("fake_plugin_cli",))
-    assert cli.main(["hello"]) == 7
+    monkeypatch.setattr(top, "_JOBS", ("fake_plugin_cli",))
+    assert top.main(["hello"]) == 7
+
+
+def test_python_dash_m_bigsoftmax_help():
+    r = subprocess.run([sys.executable, "-m", "bigsoftmax", "--help"], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    assert "train" in r.stdout and "recsys" in r.stdout
 
 
 def test_console_entry_point_subprocess(tmp_path):
     exe = Path(sys.executable).parent / "bigsoftmax"
-    cmd = [str(exe)] if exe.exists() else [sys.executable, "-m", "bigsoftmax.cli"]
+    cmd = [str(exe)] if exe.exists() else [sys.executable, "-m", "bigsoftmax"]
     env = dict(os.environ)
     r = subprocess.run(cmd + ["train", *TINY, "--d-model", "16", "--batch-size", "8", "--seq-len", "8",
                               "--head", "sampled", "--num-sampled", "32", "--max-tokens", "256", "--eval-tokens",

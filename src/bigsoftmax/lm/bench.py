@@ -173,7 +173,8 @@ def _worker(argv: List[str]) -> int:
 
     import torch
 
-    from .train import TrainConfig, Trainer
+    from .config import TrainConfig
+    from .train import Trainer
 
     p = argparse.ArgumentParser(prog="python -m bigsoftmax.bench --worker")
     p.add_argument("--worker", required=True)
@@ -200,7 +201,8 @@ def run_bench(cfg, heads: List[str], out: Path, isolate: bool = True, threads: O
     import torch
 
     from .data import load_corpus
-    from .train import CHECKPOINT, Trainer
+    from .config import CHECKPOINT
+    from .train import Trainer
 
     log = log or (lambda s: print(s, file=sys.stderr, flush=True))
     out = Path(out)

@@ -5,11 +5,11 @@ import numpy as np
 import pytest
 import torch
 
-from bigsoftmax.eval import evaluate
+from bigsoftmax.lm.eval import evaluate
 from bigsoftmax.heads import SampledSoftmax
-from bigsoftmax.models import LSTMLM, TransformerLM
-from bigsoftmax.registry import available_heads, build_head
-from bigsoftmax.train import Progress
+from bigsoftmax.lm.models import LSTMLM, TransformerLM
+from bigsoftmax.lm.registry import available_heads, build_head
+from bigsoftmax.lm.train import Progress
 
 V, D = 40, 12
 

@@ -6,8 +6,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from bigsoftmax.data import load_corpus, split_assignment, unigram_perplexity
-from bigsoftmax.data.recipes import bundled_corpus_path
+from bigsoftmax.lm.data import load_corpus, split_assignment, unigram_perplexity
+from bigsoftmax.lm.data.recipes import bundled_corpus_path
 
 
 @pytest.fixture(autouse=True, scope="module")

@@ -7,8 +7,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from bigsoftmax.data import EOS, UNK, Tokenizer, Vocab, read_text
-from bigsoftmax.data.text import decode_bytes
+from bigsoftmax.lm.data import EOS, UNK, Tokenizer, Vocab, read_text
+from bigsoftmax.lm.data.text import decode_bytes
 
 
 # ----------------------------------------------------------------------------- tokenizer

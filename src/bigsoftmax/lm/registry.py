@@ -90,7 +90,7 @@ def default_cutoffs(vocab_size: int) -> List[int]:
 
 def make_sampler(kind: str, counts: np.ndarray, unique: bool = True, distortion: float = 0.75):
     """A :mod:`bigsoftmax.samplers` sampler over ``len(counts)`` frequency-sorted classes."""
-    from . import samplers as S
+    from .. import samplers as S
 
     V = int(len(counts))
     if kind == "log_uniform":
@@ -194,7 +194,7 @@ def head_class(name: str):
     """The head class registered under ``name``; raises ValueError / HeadUnavailableError."""
     if name not in HEADS:
         raise ValueError(f"unknown head {name!r}; known heads: {', '.join(HEADS)}")
-    from . import heads as H
+    from .. import heads as H
 
     cls = getattr(H, HEADS[name].class_name, None)
     if cls is None:
@@ -207,7 +207,7 @@ def head_class(name: str):
 
 def available_heads() -> List[str]:
     """Registered head names whose implementation is importable, in registry order."""
-    from . import heads as H
+    from .. import heads as H
 
     return [n for n, s in HEADS.items() if getattr(H, s.class_name, None) is not None]
 

@@ -9,15 +9,14 @@ are ranked by their counts like any other type.
 
 from __future__ import annotations
 
-import bz2
-import gzip
 import json
-import lzma
 import re
 from pathlib import Path
 from typing import Dict, Iterable, Iterator, List, Optional, Sequence, Union
 
 import numpy as np
+
+from ..._jobs import decode_bytes, read_text
 
 __all__ = [
     "EOS",
@@ -36,49 +35,6 @@ UNK = "<unk>"
 DEFAULT_PATTERN = r"\w+(?:['\u2019]\w+)*|[^\w\s]"
 
 PathLike = Union[str, Path]
-
-
-def decode_bytes(data: bytes) -> str:
-    """Decode UTF-8 text; lines that are not valid UTF-8 fall back to Windows-1252/Latin-1.
-
-    Public-domain e-texts often mix encodings (a few Latin-1 accented names in a UTF-8 file);
-    decoding line by line keeps every other line exact instead of failing or replacing the file.
-    """
-    try:
-        return data.decode("utf-8")
-    except UnicodeDecodeError:
-        pass
-    out = []
-    for line in data.split(b"\n"):
-        try:
-            out.append(line.decode("utf-8"))
-        except UnicodeDecodeError:
-            try:
-                out.append(line.decode("cp1252"))
-            except UnicodeDecodeError:
-                out.append(line.decode("latin-1"))
-    return "\n".join(out)
-
-
-def read_text(path: PathLike) -> str:
-    """Read a plain, ``.gz``, ``.xz``/``.lzma`` or ``.bz2`` text file into a string.
-
-    Raises FileNotFoundError (naming the path) when the file is missing and ValueError when it is
-    a directory or its compressed stream is corrupt.
-    """
-    p = Path(path)
-    if not p.exists():
-        raise FileNotFoundError(f"corpus file not found: {str(p)!r}")
-    if p.is_dir():
-        raise ValueError(f"corpus path {str(p)!r} is a directory; give a .txt, .gz or .xz file")
-    suffix = p.suffix.lower()
-    opener = {".gz": gzip.open, ".xz": lzma.open, ".lzma": lzma.open, ".bz2": bz2.open}.get(suffix, open)
-    try:
-        with opener(p, "rb") as f:
-            data = f.read()
-    except (OSError, EOFError, lzma.LZMAError) as e:
-        raise ValueError(f"could not read {str(p)!r} as {suffix or 'plain'} text: {e}") from e
-    return decode_bytes(data)
 
 
 class Tokenizer:

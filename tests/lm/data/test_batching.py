@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 import torch
 
-from bigsoftmax.data import batchify, iter_batches, num_batches
+from bigsoftmax.lm.data import batchify, iter_batches, num_batches
 
 
 def test_batchify_lanes_and_targets_are_next_tokens():

@@ -5,7 +5,7 @@ import signal
 import pytest
 import torch
 
-from bigsoftmax.train import CHECKPOINT, TrainConfig, Trainer, save_atomic, train
+from bigsoftmax.lm.train import CHECKPOINT, TrainConfig, Trainer, save_atomic, train
 
 
 @pytest.fixture(autouse=True, scope="module")

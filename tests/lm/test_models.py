@@ -3,7 +3,7 @@ import torch
 from torch import nn
 
 from bigsoftmax.heads import Head, SampledSoftmax
-from bigsoftmax.models import LSTMLM, TransformerLM, build_lm
+from bigsoftmax.lm.models import LSTMLM, TransformerLM, build_lm
 from bigsoftmax.optim import make_optimizer, split_params
 
 V, D = 50, 16

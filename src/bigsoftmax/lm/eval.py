@@ -92,7 +92,7 @@ def evaluate(model: nn.Module, stream: np.ndarray, batch_size: int = 16, seq_len
 
 def load_run(run_dir: Union[str, Path], corpus: Optional[Corpus] = None):
     """Rebuild (model, corpus, cfg, checkpoint) from a ``bigsoftmax train`` output folder."""
-    from .train import CHECKPOINT, TrainConfig, build_model
+    from .config import CHECKPOINT, TrainConfig, build_model
 
     run_dir = Path(run_dir)
     path = run_dir / CHECKPOINT

@@ -4,9 +4,9 @@ from pathlib import Path
 
 import pytest
 
-from bigsoftmax.data import CorpusUnavailableError, load_corpus, resolve_corpus
-from bigsoftmax.data import recipes
-from bigsoftmax.data.recipes import brown_to_text, bundled_corpus_path, gcide_to_text
+from bigsoftmax.lm.data import CorpusUnavailableError, load_corpus, resolve_corpus
+from bigsoftmax.lm.data import recipes
+from bigsoftmax.lm.data.recipes import brown_to_text, bundled_corpus_path, gcide_to_text
 
 SHARED_DATA = Path(__file__).resolve().parents[2] / ".." / "shared" / "data"
 

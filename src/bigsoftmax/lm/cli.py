@@ -1,0 +1,224 @@
+"""The language-model job's subcommands of ``bigsoftmax``: train / evaluate / benchmark LMs with any head.
+
+    bigsoftmax train --corpus gutenberg --head sampled --num-sampled 2048 --max-tokens 2000000 --out runs/x
+    bigsoftmax eval runs/x --split test
+    bigsoftmax bench --corpus gutenberg --heads all --max-tokens 300000 --out runs/bench
+    bigsoftmax heads                        # which heads this installation has
+    bigsoftmax corpus gutenberg             # tokenise + cache a corpus, print its statistics
+
+:func:`register` adds them to the dispatcher's subparsers (:mod:`bigsoftmax.cli`); each subcommand
+sets ``func`` (``args -> int`` exit code) with ``parser.set_defaults(func=...)``.
+
+Exit codes: 0 success, 1 runtime failure, 2 bad usage or input (the message names the problem),
+130 interrupted (a resumable checkpoint was written).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+from typing import Optional
+
+from .._jobs import int_list as _int_list
+from .._jobs import pos_float as _pos_float
+from .._jobs import pos_int as _pos_int
+from .._jobs import token_count as _tokens
+
+__all__ = ["register"]
+
+
+# ----------------------------------------------------------------------------- shared options
+def _add_data_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("data")
+    g.add_argument("--corpus", default="gutenberg",
+                   help="gutenberg (bundled), brown, gcide, or a path to a .txt/.gz/.xz file (default: gutenberg)")
+    g.add_argument("--no-lowercase", dest="lowercase", action="store_false", help="keep case when tokenising")
+    g.add_argument("--min-count", type=_pos_int, default=1, help="types seen fewer times in train become <unk>")
+    g.add_argument("--max-vocab", dest="max_size", type=_pos_int, default=None, help="cap the vocabulary size")
+    g.add_argument("--max-lines", type=_pos_int, default=None, help="use only the first N lines of the corpus")
+    g.add_argument("--block-lines", type=_pos_int, default=100,
+                   help="lines per split block (5%% of blocks go to valid, 5%% to test; default: 100)")
+
+
+def _add_model_args(p: argparse.ArgumentParser, head_default: Optional[str] = "full") -> None:
+    g = p.add_argument_group("head")
+    if head_default is not None:
+        g.add_argument("--head", default=head_default, help="output head (see `bigsoftmax heads`; default: full)")
+    g.add_argument("--num-sampled", type=_pos_int, default=None,
+                   help="candidates per step for sampling heads (default: V/16)")
+    g.add_argument("--sampler", default=None, choices=["log_uniform", "unigram", "uniform"],
+                   help="candidate sampler for sampling heads (default: log_uniform; unigram^0.75 for negsampling)")
+    g.add_argument("--sparse", action="store_true",
+                   help="sparse gradients for embedding rows (dense Adam + SparseAdam)")
+    g.add_argument("--cutoffs", type=_int_list, default=None, help="adaptive softmax cutoffs, e.g. 2000,10000")
+    g.add_argument("--div-value", type=_pos_float, default=4.0, help="adaptive softmax tail shrink factor")
+    g.add_argument("--num-clusters", type=_pos_int, default=None, help="class-based softmax: number of classes")
+    g = p.add_argument_group("model")
+    g.add_argument("--model", default="lstm", choices=["lstm", "transformer"], help="body (default: lstm)")
+    g.add_argument("--d-model", type=_pos_int, default=256, help="embedding / hidden size (default: 256)")
+    g.add_argument("--layers", dest="num_layers", type=_pos_int, default=1, help="body layers (default: 1)")
+    g.add_argument("--attn-heads", dest="num_heads", type=_pos_int, default=4, help="transformer attention heads")
+    g.add_argument("--dropout", type=float, default=0.0, help="dropout (default: 0)")
+    g.add_argument("--no-tie", dest="tie", action="store_false", help="do not tie input and output embeddings")
+    g = p.add_argument_group("optimisation and budget")
+    g.add_argument("--batch-size", type=_pos_int, default=64, help="parallel lanes per step (default: 64)")
+    g.add_argument("--seq-len", type=_pos_int, default=35, help="tokens per lane per step (BPTT length; default: 35)")
+    g.add_argument("--lr", type=_pos_float, default=3e-3, help="Adam / SparseAdam learning rate (default: 3e-3)")
+    g.add_argument("--clip", type=float, default=1.0, help="gradient-norm clip for dense params (0 = off)")
+    g.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
+    g.add_argument("--epochs", type=_pos_float, default=None, help="stop after this many epochs (default: 1)")
+    g.add_argument("--max-tokens", type=_tokens, default=None, help="stop after this many training tokens (e.g. 2M)")
+    g.add_argument("--time-budget", type=_pos_float, default=None, help="stop after this many seconds of training")
+    g.add_argument("--eval-tokens", type=_tokens, default=None,
+                   help="evaluate valid perplexity on the first N valid tokens (default: all)")
+    g.add_argument("--threads", type=_pos_int, default=None, help="torch CPU threads (default: torch's choice)")
+    g.add_argument("--checkpoint-every", type=_pos_float, default=120.0, help="seconds between checkpoints")
+    g.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+
+
+def _config_from_args(args, head: Optional[str] = None):
+    from .config import TrainConfig
+
+    return TrainConfig(
+        corpus=str(args.corpus), lowercase=args.lowercase, min_count=args.min_count, max_size=args.max_size,
+        max_lines=args.max_lines, block_lines=args.block_lines, head=head if head is not None else args.head, num_sampled=args.num_sampled,
+        sampler=args.sampler, sparse=args.sparse, cutoffs=args.cutoffs, div_value=args.div_value,
+        num_clusters=args.num_clusters, model=args.model, d_model=args.d_model, num_layers=args.num_layers,
+        num_heads=args.num_heads, dropout=args.dropout, tie=args.tie, batch_size=args.batch_size,
+        seq_len=args.seq_len, lr=args.lr, clip=args.clip, seed=args.seed, epochs=args.epochs,
+        max_tokens=args.max_tokens, time_budget=args.time_budget, eval_tokens=args.eval_tokens,
+        checkpoint_every=args.checkpoint_every, progress=not args.quiet,
+    )
+
+
+def _set_threads(n: Optional[int]) -> None:
+    if n is not None:
+        import torch
+
+        torch.set_num_threads(n)
+
+
+def _check_head_name(name: str) -> None:
+    from .registry import head_class
+
+    head_class(name)  # raises ValueError / HeadUnavailableError with the list of names
+
+
+# ----------------------------------------------------------------------------- subcommands
+def cmd_train(args) -> int:
+    from .train import Trainer
+
+    _set_threads(args.threads)
+    cfg = _config_from_args(args)
+    if not args.resume:  # on --resume the head (and all but the budgets) come from the checkpoint
+        _check_head_name(cfg.head)
+    trainer = Trainer(cfg, args.out, resume=args.resume)
+    res = trainer.run()
+    if res["status"] == "interrupted":
+        return 130
+    print(f"{res['head']}: valid perplexity {res['valid_ppl']:.2f} ({res['valid_tokens']} tokens), "
+          f"{res['tokens_per_s']:,.0f} train tokens/s, {res['train_tokens']:,} tokens in {res['train_time_s']:.1f} s "
+          f"-> {Path(args.out) / 'metrics.json'}")
+    return 0
+
+
+def cmd_eval(args) -> int:
+    from .eval import evaluate_run
+
+    _set_threads(args.threads)
+    res = evaluate_run(args.run, split=args.split, max_tokens=args.max_tokens, topk=args.topk,
+                       batch_size=args.batch_size)
+    if args.json:
+        print(json.dumps(res, indent=1))
+    else:
+        accs = "  ".join(f"acc@{k} {res[f'acc@{k}']:.4f}" for k in sorted(set(args.topk)))
+        print(f"{res['head']} on {res['corpus']} {res['split']}: perplexity {res['ppl']:.2f}  "
+              f"nll {res['nll']:.4f}  {accs}  ({res['tokens']} tokens)")
+    return 0
+
+
+def cmd_bench(args) -> int:
+    from .bench import resolve_heads, run_bench
+
+    _set_threads(args.threads)
+    heads = resolve_heads(args.heads)
+    cfg = _config_from_args(args, head="full")
+    res = run_bench(cfg, heads, Path(args.out), isolate=not args.in_process, threads=args.threads,
+                    keep_checkpoints=args.keep_checkpoints)
+    print(res["table"])
+    print(f"\nwrote {Path(args.out) / 'results.json'}, results.md" + (", pareto.png" if res.get("plot") else ""))
+    return 0 if all(r.get("status") == "finished" for r in res["runs"]) else 1
+
+
+def cmd_heads(args) -> int:
+    from .registry import HEADS, available_heads
+
+    avail = set(available_heads())
+    for name, spec in HEADS.items():
+        mark = "yes" if name in avail else "no "
+        print(f"{name:<13} {mark}  {spec.class_name:<22} {spec.description}")
+    return 0
+
+
+def cmd_corpus(args) -> int:
+    from .data import load_corpus, unigram_perplexity
+
+    c = load_corpus(args.source, lowercase=args.lowercase, min_count=args.min_count, max_size=args.max_size,
+                    max_lines=args.max_lines, block_lines=args.block_lines)
+    v = c.vocab
+    print(f"corpus {c.name}: {c.meta['source']}")
+    print(f"  tokens  train {c.train.size:,}  valid {c.valid.size:,}  test {c.test.size:,}")
+    print(f"  vocabulary {len(v):,} types (frequency-sorted; <eos> id {v.eos_id}, <unk> id {v.unk_id})")
+    print(f"  most frequent: {' '.join(v.itos[:12])}")
+    print(f"  unigram valid perplexity {unigram_perplexity(c):.1f}; cached: {c.meta.get('cached')}")
+    return 0
+
+
+# ----------------------------------------------------------------------------- parser
+def register(sub) -> None:
+    """Add the language-model subcommands (train, eval, bench, heads, corpus) to ``sub``."""
+    p = sub.add_parser("train", help="train a language model with any head",
+                       description="Train an LSTM/Transformer language model with the chosen output head; "
+                                   "checkpoints atomically, resumable, exact valid perplexity at the end.")
+    _add_data_args(p)
+    _add_model_args(p)
+    p.add_argument("--out", required=True, help="run folder (checkpoint.pt, metrics.json, ...)")
+    p.add_argument("--resume", action="store_true", help="continue the run saved in --out")
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("eval", help="exact perplexity and top-k accuracy of a trained run")
+    p.add_argument("run", help="a `bigsoftmax train` --out folder")
+    p.add_argument("--split", default="valid", choices=["train", "valid", "test"])
+    p.add_argument("--max-tokens", type=_tokens, default=None, help="evaluate only the first N tokens")
+    p.add_argument("--topk", type=_int_list, default=[1, 5, 10], help="k values for top-k accuracy (default 1,5,10)")
+    p.add_argument("--batch-size", type=_pos_int, default=16)
+    p.add_argument("--threads", type=_pos_int, default=None)
+    p.add_argument("--json", action="store_true", help="print the metrics as JSON")
+    p.set_defaults(func=cmd_eval)
+
+    p = sub.add_parser("bench", help="train every head with the same model, data, seed and budget; "
+                                     "table + Pareto plot",
+                       description="Trains each head with the same model, data, seed and token (or time) budget; "
+                                   "writes results.json, results.md and pareto.png to --out.")
+    p.add_argument("--heads", default="all", help="comma-separated head names or 'all' (the available ones)")
+    _add_data_args(p)
+    _add_model_args(p, head_default=None)
+    p.add_argument("--out", default="runs/bench", help="output folder (default: runs/bench)")
+    p.add_argument("--in-process", action="store_true",
+                   help="train every head in this process (faster start; peak memory not isolated per head)")
+    p.add_argument("--keep-checkpoints", action="store_true",
+                   help="keep each head's checkpoint.pt and vocab.json (so `bigsoftmax eval` works on them)")
+    p.set_defaults(func=cmd_bench)
+
+    p = sub.add_parser("heads", help="list the output heads and whether they are available")
+    p.set_defaults(func=cmd_heads)
+
+    p = sub.add_parser("corpus", help="tokenise and cache a corpus; print its statistics")
+    p.add_argument("source", nargs="?", default="gutenberg", help="gutenberg, brown, gcide or a file path")
+    p.add_argument("--no-lowercase", dest="lowercase", action="store_false")
+    p.add_argument("--min-count", type=_pos_int, default=1)
+    p.add_argument("--max-vocab", dest="max_size", type=_pos_int, default=None)
+    p.add_argument("--max-lines", type=_pos_int, default=None)
+    p.add_argument("--block-lines", type=_pos_int, default=100)
+    p.set_defaults(func=cmd_corpus)
