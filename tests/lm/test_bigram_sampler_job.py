@@ -30,7 +30,7 @@ def test_registry_builds_a_bigram_head_from_the_stream(name):
     tokens = np.random.default_rng(0).integers(0, V, 2000)
     counts = np.bincount(tokens, minlength=V)
     head = build_head(name, 8, counts, HeadOptions(num_sampled=5, sampler="bigram", tokens=tokens))
-    assert isinstance(head.sampler, S.Bigram) and head.uses_context
+    assert isinstance(head.sampler, S.Bigram) and head.uses_context and not head.sampler.unique
     y, prev = torch.as_tensor(tokens[1:11]), torch.as_tensor(tokens[:10])
     assert torch.isfinite(head(torch.randn(10, 8), y, context=prev))
     with pytest.raises(ValueError, match="token stream"):

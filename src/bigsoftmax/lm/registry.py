@@ -108,9 +108,11 @@ def make_sampler(kind: str, counts: np.ndarray, unique: bool = True, distortion:
     if kind == "bigram":
         if tokens is None:
             raise ValueError("the bigram sampler needs the training token stream (HeadOptions.tokens)")
+        # drawn with replacement (S·Q expected counts, exact): per-row unique draws need several
+        # sort-and-redraw rounds, ~8x the cost at S = V/16 (benchmarks/proposals.py, "Drawing candidates")
         c = torch.as_tensor(np.asarray(counts, dtype=np.float64)).clamp_min(1.0)  # every class drawable
         return S.Bigram(V, torch.as_tensor(np.asarray(tokens, dtype=np.int64)), unigram_counts=c, alpha=distortion,
-                        unique=unique)
+                        unique=False)
     raise ValueError(f"sampler must be one of {_SAMPLERS}, got {kind!r}")
 
 
