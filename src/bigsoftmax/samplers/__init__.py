@@ -15,58 +15,9 @@ keeps its state in registered buffers (``state_dict()`` checkpoints it); random 
 ``torch.Generator`` passed in (heads pass their own seeded one).
 """
 
-from .bigram import Bigram, expected_count_per_row, unique_per_row
-from .candidates import (
-    All,
-    CandidateSampler,
-    CandidateSamples,
-    LearnedUnigram,
-    LogUniform,
-    Uniform,
-    Unigram,
-    all_candidate_sampler,
-    expected_count,
-    fenwick_add,
-    fenwick_build,
-    fenwick_search,
-    fixed_unigram_candidate_sampler,
-    inverse_cdf,
-    inverse_cdf_draw,
-    learned_unigram_candidate_sampler,
-    log_uniform_candidate_sampler,
-    log_uniform_draw,
-    log_uniform_prob,
-    read_vocab_file,
-    uniform_candidate_sampler,
-    unique_by_rejection,
-)
+from . import bigram, candidates
+from .bigram import *  # noqa: F401,F403  (each module's __all__)
+from .candidates import *  # noqa: F401,F403
 from .streaming import StreamingFrequencyEstimator
 
-__all__ = [
-    "CandidateSamples",
-    "CandidateSampler",
-    "Uniform",
-    "LogUniform",
-    "Unigram",
-    "LearnedUnigram",
-    "All",
-    "Bigram",
-    "uniform_candidate_sampler",
-    "log_uniform_candidate_sampler",
-    "learned_unigram_candidate_sampler",
-    "fixed_unigram_candidate_sampler",
-    "all_candidate_sampler",
-    "expected_count",
-    "expected_count_per_row",
-    "log_uniform_prob",
-    "log_uniform_draw",
-    "inverse_cdf",
-    "inverse_cdf_draw",
-    "unique_by_rejection",
-    "unique_per_row",
-    "fenwick_build",
-    "fenwick_add",
-    "fenwick_search",
-    "read_vocab_file",
-    "StreamingFrequencyEstimator",
-]
+__all__ = [*candidates.__all__, *bigram.__all__, "StreamingFrequencyEstimator"]
