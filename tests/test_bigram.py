@@ -252,3 +252,18 @@ def test_bad_input_raises_clear_error(call, exc, phrase):
 def test_exported_from_samplers():
     assert S.Bigram is Bigram and "Bigram" in S.__all__
     assert math.isclose(Bigram(V, TOKENS).lam, 0.5) and math.isclose(Bigram(V, TOKENS).alpha, 0.75)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_cuda_draws_equal_cpu_draws_and_stay_on_device():
+    q = _bigram(unique=False)
+    qc = _bigram(unique=False).cuda()
+    tc, ctx = torch.tensor([[1], [4], [6]]), torch.tensor([0, 5, 9])
+    a = q.sample(tc, 10, gen(3), context=ctx)
+    b = qc.sample(tc.cuda(), 10, gen(3), context=ctx.cuda())
+    assert all(t.is_cuda for t in b)
+    assert torch.equal(a[0], b[0].cpu())
+    torch.testing.assert_close(a[2], b[2].cpu())
+    qc.unique = True
+    ids = qc.sample(tc.cuda(), 6, torch.Generator(device="cuda").manual_seed(0), context=ctx.cuda())[0]
+    assert ids.is_cuda and all(r.unique().numel() == 6 for r in ids)

@@ -220,3 +220,44 @@ def test_core_bad_per_row_shapes():
         BF.sampled_softmax_loss(W.detach().to("meta"), None, y, x.detach(), 3, V)
     with pytest.raises(ValueError, match="meta device"):
         BF.nce_loss(W.detach(), None, y, x.detach().to("meta"), 3, V)
+
+
+from hypothesis import given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+
+@settings(max_examples=30, deadline=None)
+@given(st.integers(2, 30), st.integers(1, 6), st.integers(1, 8), st.integers(1, 3), st.booleans(),
+       st.sampled_from(GATHERS), st.integers(0, 10_000))
+def test_property_fused_per_row_equals_general_path(V, N, S_, T, hits, gather, seed):
+    g = torch.Generator().manual_seed(seed)
+    d = 3
+    W = torch.randn(V, d, generator=g, dtype=torch.float64, requires_grad=True)
+    b = torch.randn(V, generator=g, dtype=torch.float64, requires_grad=True)
+    x = torch.randn(N, d, generator=g, dtype=torch.float64, requires_grad=True)
+    y = torch.randint(0, V, (N, T), generator=g)
+    ids = torch.randint(0, V, (N, S_), generator=g)
+    se = torch.rand(N, S_, generator=g, dtype=torch.float64) + 0.05
+    te = torch.rand(N, T, generator=g, dtype=torch.float64) + 0.05
+    a = ops.fused_sampled_softmax(x, W, b, y, ids, te, se, remove_accidental_hits=hits, gather=gather)
+    c = ops.softmax_ce(ops.sampled_logits_parts(W, b, y, x, (ids, te, se), remove_accidental_hits=hits, gather=gather))
+    assert torch.isfinite(a).all()
+    torch.testing.assert_close(a, c, rtol=1e-10, atol=1e-12)
+    for u, v in zip(_grads(a.sum(), W, b, x), _grads(c.sum(), W, b, x)):
+        torch.testing.assert_close(u, v, rtol=1e-9, atol=1e-11)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize("gather", GATHERS)
+def test_cuda_per_row_head_matches_cpu(gather):
+    V, d, N = 40, 6, 10
+    tok = _stream(V)
+    heads = [SampledSoftmax(d, V, 8, sampler=S.Bigram(V, tok, unique=False), seed=0, gather=gather).double()
+             for _ in range(2)]
+    heads[1].load_state_dict(heads[0].state_dict())
+    heads[1].cuda()
+    h = torch.randn(N, d, dtype=torch.float64)
+    y, prev = tok[1:N + 1], tok[:N]
+    a = heads[0](h, y, context=prev)
+    c = heads[1](h.cuda(), y.cuda(), context=prev.cuda())  # both heads draw with their CPU generators
+    torch.testing.assert_close(a, c.cpu())
