@@ -200,6 +200,24 @@ def test_head_bad_input(kw, exc, phrase):
         head(torch.randn(2, 2, 6), torch.ones(2, 2, dtype=torch.long), **kw)
 
 
+@pytest.mark.parametrize("cls", [SampledSoftmax, NCE])
+@pytest.mark.parametrize("where", ["hidden", "target", "head"])
+def test_meta_device_is_a_clear_error(cls, where):
+    """issue 14, item 13: every entry point on the meta device raised from inside torch."""
+    head = cls(4, 20, 5, seed=0)
+    h, y = torch.randn(3, 4), torch.ones(3, dtype=torch.long)
+    if where == "hidden":
+        h = h.to("meta")
+    elif where == "target":
+        y = y.to("meta")
+    else:
+        head = head.to("meta")
+    for mode in (head.train, head.eval):
+        mode()
+        with pytest.raises(ValueError, match="meta device"):
+            head(h, y)
+
+
 def test_context_refused_for_a_context_free_sampler():
     head = SampledSoftmax(6, 30, 8, seed=0)
     assert not head.uses_context

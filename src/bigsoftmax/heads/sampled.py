@@ -160,6 +160,7 @@ class SamplingHead(LinearEvalMixin, Head):
                 target; required by a context-dependent sampler (:attr:`uses_context`), refused
                 otherwise. Ignored in eval mode (the exact NLL needs no proposal).
         """
+        ops.check_not_meta(hidden=hidden, target=target, context=context, weight=self.weight)
         if not self.training and sampled_values is None:
             if self.num_true != 1:
                 raise ValueError("exact evaluation through forward() needs num_true=1; use target_log_prob per true class")
