@@ -586,98 +586,97 @@ def test_tf_golden_expected_counts(fname):
 
 
 # --------------------------------------------------------------------------------------------
-# bad input (one test each)
+# bad input: one table, each row (call, exception type, phrase the message must contain)
 # --------------------------------------------------------------------------------------------
-def test_error_range_max_zero():
-    with pytest.raises(ValueError, match="range_max"):
-        LogUniform(0)
+BAD_INPUT = [
+    ("range_max zero", lambda: LogUniform(0), ValueError, "range_max"),
+    ("range_max float", lambda: Uniform(10.0), TypeError, "range_max"),
+    ("num_sampled zero", lambda: Uniform(10).sample(_tc(0), 0), ValueError, "num_sampled"),
+    ("num_sampled > range when unique", lambda: S.uniform_candidate_sampler(_tc(0), 1, 11, True, 10), ValueError,
+     r"num_sampled \(11\).*\[0, 10\)"),
+    ("true_classes float", lambda: LogUniform(10).sample(torch.zeros(2, 1), 3), TypeError, "true_classes"),
+    ("true_classes not 2-D", lambda: LogUniform(10).sample(torch.zeros(3, dtype=torch.long), 3), ValueError, "true_classes"),
+    ("true_classes out of range", lambda: LogUniform(10).sample(_tc(10), 3), ValueError,
+     r"true_classes contains class id 10.*\[0, 10\)"),
+    ("num_true mismatch", lambda: S.log_uniform_candidate_sampler(torch.zeros(4, 2, dtype=torch.long), 1, 3, True, 10),
+     ValueError, "num_true"),
+    ("unigrams negative", lambda: Unigram([1.0, -1.0]), ValueError, "weights_or_counts"),
+    ("unigrams not finite", lambda: Unigram([1.0, float("nan")]), ValueError, "weights_or_counts"),
+    ("unigrams all zero", lambda: Unigram([0.0, 0.0]), ValueError, "positive weight"),
+    ("distortion negative", lambda: Unigram([1.0, 2.0], distortion=-0.5), ValueError, "distortion"),
+    ("shard out of range", lambda: Unigram([1.0, 2.0], num_shards=2, shard=2), ValueError, "shard"),
+    ("unique not bool", lambda: S.log_uniform_candidate_sampler(_tc(0), 1, 3, "yes", 10), TypeError, "unique"),
+    ("generator wrong type", lambda: LogUniform(10).sample(_tc(0), 3, generator=0), TypeError, "generator"),
+    ("seed float", lambda: S.uniform_candidate_sampler(_tc(0), 1, 3, True, 10, seed=1.5), TypeError, "seed"),
+    ("log_prob out of range", lambda: LogUniform(10).log_prob(torch.tensor([-1])), ValueError, "ids"),
+    ("update out of range", lambda: LearnedUnigram(10).update(torch.tensor([[3], [12]])), ValueError, "true_classes"),
+    # issue 14, item 13: TF's own range_max limit, checked before any O(range_max) table is built
+    ("learned range_max 2**31-1", lambda: S.learned_unigram_candidate_sampler(_tc(0), 1, 3, True, 2**31 - 1),
+     ValueError, "range_max must be less than 2147483647"),
+    ("fixed range_max 2**31-1", lambda: S.fixed_unigram_candidate_sampler(_tc(0), 1, 3, True, 2**31 - 1, unigrams=[1.0] * 4),
+     ValueError, "range_max must be less than 2147483647"),
+    ("LearnedUnigram range_max 2**31", lambda: LearnedUnigram(2**31), ValueError, "range_max must be less than 2147483647"),
+    ("true_classes on meta", lambda: LogUniform(10).sample(torch.zeros(2, 1, dtype=torch.long, device="meta"), 3),
+     ValueError, "meta device"),
+    ("load_state_dict zero counts", lambda: LearnedUnigram(4).load_state_dict({"counts": torch.zeros(4, dtype=torch.long)}),
+     ValueError, "not all zero"),
+    ("load_state_dict wrong shape", lambda: LearnedUnigram(4).load_state_dict({"counts": torch.ones(5, dtype=torch.long)}),
+     ValueError, r"shape \[4\]"),
+]
 
 
-def test_error_range_max_float():
-    with pytest.raises(TypeError, match="range_max"):
-        Uniform(10.0)
+@pytest.mark.parametrize("call,exc,phrase", [r[1:] for r in BAD_INPUT], ids=[r[0] for r in BAD_INPUT])
+def test_bad_input_raises_clear_error(call, exc, phrase):
+    with pytest.raises(exc, match=phrase):
+        call()
 
 
-def test_error_num_sampled_zero():
-    with pytest.raises(ValueError, match="num_sampled"):
-        Uniform(10).sample(_tc(0), 0)
-
-
-def test_error_num_sampled_exceeds_range_when_unique():
-    with pytest.raises(ValueError, match=r"num_sampled \(11\).*\[0, 10\)"):
-        S.uniform_candidate_sampler(_tc(0), 1, 11, True, 10)
-    # fine without unique
+def test_num_sampled_above_range_is_fine_without_unique():
     assert S.uniform_candidate_sampler(_tc(0), 1, 11, False, 10)[0].shape == (11,)
 
 
-def test_error_true_classes_float():
-    with pytest.raises(TypeError, match="true_classes"):
-        LogUniform(10).sample(torch.zeros(2, 1), 3)
+def test_learned_unigram_bad_state_dict_leaves_counts_unchanged():
+    """issue 14, item 11: validate before mutating."""
+    lu = LearnedUnigram(4)
+    lu.update(torch.tensor([[2], [2]]))
+    before = lu.counts.clone()
+    with pytest.raises(ValueError, match="not all zero"):
+        lu.load_state_dict({"counts": torch.zeros(4, dtype=torch.long)})
+    assert torch.equal(lu.counts, before)
+    assert lu.probs()[2] == pytest.approx(3 / 6)
 
 
-def test_error_true_classes_not_2d():
-    with pytest.raises(ValueError, match="true_classes"):
-        LogUniform(10).sample(torch.zeros(3, dtype=torch.long), 3)
+def test_unigram_bad_state_dict_leaves_weights_unchanged():
+    un = Unigram([1.0, 2.0, 3.0])
+    before = un.weights.clone()
+    with pytest.raises(ValueError, match="not all zero"):
+        un.load_state_dict({"weights": torch.zeros(3, dtype=torch.float64)})
+    assert torch.equal(un.weights, before) and torch.equal(un.probs(), (before / before.sum()).float())
 
 
-def test_error_true_classes_out_of_range():
-    with pytest.raises(ValueError, match=r"true_classes contains class id 10.*\[0, 10\)"):
-        LogUniform(10).sample(_tc(10), 3)
+def test_binary_vocab_file_is_a_clear_error(tmp_path):
+    """issue 14, item 13: a binary vocab_file raised UnicodeDecodeError from inside open()."""
+    p = tmp_path / "vocab.bin"
+    p.write_bytes(bytes(range(256)) * 4)
+    with pytest.raises(ValueError, match="not a UTF-8 text file"):
+        S.fixed_unigram_candidate_sampler(_tc(0), 1, 3, True, 4, vocab_file=str(p))
+    q = tmp_path / "nul.txt"
+    q.write_bytes(b"1\x00\n2\n")
+    with pytest.raises(ValueError, match="binary"):
+        S.read_vocab_file(q)
 
 
-def test_error_num_true_mismatch():
-    with pytest.raises(ValueError, match="num_true"):
-        S.log_uniform_candidate_sampler(torch.zeros(4, 2, dtype=torch.long), 1, 3, True, 10)
-
-
-def test_error_unigrams_negative():
-    with pytest.raises(ValueError, match="weights_or_counts"):
-        Unigram([1.0, -1.0])
-
-
-def test_error_unigrams_not_finite():
-    with pytest.raises(ValueError, match="weights_or_counts"):
-        Unigram([1.0, float("nan")])
-
-
-def test_error_unigrams_all_zero():
-    with pytest.raises(ValueError, match="positive weight"):
-        Unigram([0.0, 0.0])
-
-
-def test_error_distortion_negative():
-    with pytest.raises(ValueError, match="distortion"):
-        Unigram([1.0, 2.0], distortion=-0.5)
-
-
-def test_error_shard_out_of_range():
-    with pytest.raises(ValueError, match="shard"):
-        Unigram([1.0, 2.0], num_shards=2, shard=2)
-
-
-def test_error_unique_not_bool():
-    with pytest.raises(TypeError, match="unique"):
-        S.log_uniform_candidate_sampler(_tc(0), 1, 3, "yes", 10)
-
-
-def test_error_generator_wrong_type():
-    with pytest.raises(TypeError, match="generator"):
-        LogUniform(10).sample(_tc(0), 3, generator=0)
-
-
-def test_error_seed_float():
-    with pytest.raises(TypeError, match="seed"):
-        S.uniform_candidate_sampler(_tc(0), 1, 3, True, 10, seed=1.5)
-
-
-def test_error_log_prob_out_of_range():
-    with pytest.raises(ValueError, match="ids"):
-        LogUniform(10).log_prob(torch.tensor([-1]))
-
-
-def test_error_update_out_of_range():
-    with pytest.raises(ValueError, match="true_classes"):
-        LearnedUnigram(10).update(torch.tensor([[3], [12]]))
+def test_learned_unigram_function_builds_no_table_and_draws_as_the_module():
+    """The stateless form draws exactly as a fresh LearnedUnigram module (TF's initial state),
+    without its O(range_max) counts: a huge range_max costs nothing."""
+    tc = torch.tensor([[1], [2]])
+    for unique in (False, True):
+        a = S.learned_unigram_candidate_sampler(tc, 1, 12, unique, 40, seed=5)
+        b = LearnedUnigram(40, unique=unique).sample(tc, 12, gen(5))
+        for x, y in zip(a, b):
+            assert torch.equal(x, y)
+    ids, te, se = S.learned_unigram_candidate_sampler(tc, 1, 4, False, 2**31 - 2, seed=0)  # no 16 GiB table
+    torch.testing.assert_close(se.double(), torch.full((4,), 4 / (2**31 - 2), dtype=torch.float64))
 
 
 # --------------------------------------------------------------------------------------------

@@ -6,7 +6,7 @@ import math
 import pytest
 import torch
 
-from bigsoftmax._streaming import StreamingFrequencyEstimator
+from bigsoftmax.samplers.streaming import StreamingFrequencyEstimator
 
 P = (1 << 31) - 1
 

@@ -31,7 +31,7 @@ from typing import Optional
 import torch
 from torch import Tensor, nn
 
-from .. import functional as BF
+from ..ops import sampled as ops
 from .sampled import SamplingHead
 
 __all__ = ["NCE", "SampledLogistic", "NegativeSampling"]
@@ -69,8 +69,21 @@ class NCE(SamplingHead):
             softmax puts most of its mass on them early in training), 0 for NegativeSampling.
         sparse: weight/bias gradients as sparse COO tensors touching only the candidate rows.
 
-    ``forward(hidden, target, sampled_values=None)``: ``sampled_values`` overrides the sampler
-    with TF-style ``(sampled [S], true_expected_count [N, T], sampled_expected_count [S])``.
+        gather: per-example candidates, ``"unique"`` or ``"rows"`` (see :class:`~bigsoftmax.heads.SamplingHead`).
+
+    ``forward(hidden, target, sampled_values=None, context=None)``: ``sampled_values`` overrides the
+    sampler with TF-style ``(sampled [S] or [N, S], true_expected_count [N, T], sampled_expected_count
+    [S] or [N, S])``; ``context`` (the previous token of every target, the target's shape) feeds a
+    context-dependent noise such as ``samplers.Bigram`` — NCE with bigram noise.
+
+    Shape:
+        - hidden: ``(*, d)``; target: ``(*)`` (or ``(*, num_true)``); context: ``(*)``.
+        - output: scalar, or ``(*)`` with ``reduction='none'``.
+
+    Examples::
+
+        >>> head = NCE(16, 1000, num_sampled=64, seed=0)
+        >>> loss = head(torch.randn(8, 16), torch.randint(0, 1000, (8,)))
     """
 
     _subtract_log_q = True
@@ -95,6 +108,7 @@ class NCE(SamplingHead):
         counts=None,
         distortion: Optional[float] = None,
         bias_init: Optional[float] = None,
+        gather: str = "unique",
     ):
         name = type(self).__name__
         if distortion is not None and counts is None:
@@ -106,7 +120,7 @@ class NCE(SamplingHead):
             remove_accidental_hits = self._default_hits
         super().__init__(in_features, num_classes, num_sampled, sampler=sampler, num_true=num_true,
                          remove_accidental_hits=remove_accidental_hits, bias=bias, sparse=sparse,
-                         ignore_index=ignore_index, reduction=reduction, seed=seed, weight=weight)
+                         ignore_index=ignore_index, reduction=reduction, seed=seed, weight=weight, gather=gather)
         if bias_init is None:
             bias_init = -math.log(num_classes) if self._subtract_log_q else 0.0
         if isinstance(bias_init, bool) or not isinstance(bias_init, (int, float)) or not math.isfinite(bias_init):
@@ -118,12 +132,10 @@ class NCE(SamplingHead):
     def _default_sampler(self, sampler, num_classes: int):
         return sampler  # None -> SamplingHead's LogUniform(V, unique=True)
 
-    def _sampled_loss(self, h: Tensor, y: Tensor, sampled_values) -> Tensor:
-        if sampled_values is None:
-            sampled_values = self.draw(y)
-        sv = BF._check_sampled_values(sampled_values, y, self.num_sampled, self.num_classes)
+    def _sampled_loss(self, h: Tensor, y: Tensor, sampled_values, context=None) -> Tensor:
+        sv = self._checked_values(h, y, sampled_values, context)
         parts = self._parts(h, y, sv, subtract_log_q=self._subtract_log_q)
-        return BF._sigmoid_ce(parts).to(h.dtype)
+        return ops.sigmoid_ce(parts).to(h.dtype)
 
 
 class SampledLogistic(NCE):

@@ -1,4 +1,10 @@
-"""Sampled softmax head (Jean et al. 2015; TF's ``sampled_softmax_loss``) behind the Head protocol."""
+"""Sampled softmax head (Jean et al. 2015; TF's ``sampled_softmax_loss``) behind the Head protocol.
+
+Context-dependent proposals: a head whose sampler has ``context_dependent = True`` (e.g.
+:class:`bigsoftmax.samplers.Bigram`) takes ``forward(hidden, target, context=prev)`` — ``prev`` the
+previous token of every target, same shape as ``target`` — and scores one candidate set per
+example. Heads with context-free samplers keep the two-argument protocol.
+"""
 
 from __future__ import annotations
 
@@ -8,8 +14,8 @@ from typing import Optional
 import torch
 from torch import Tensor, nn
 
-from .. import functional as BF
-from .base import Head, LinearEvalMixin, check_target
+from ..ops import sampled as ops
+from .base import Head, LinearEvalMixin, check_target, reduce_loss
 
 __all__ = ["SampledSoftmax", "SamplingHead", "draw_candidates"]
 
@@ -35,6 +41,23 @@ class SamplingHead(LinearEvalMixin, Head):
     ``num_true > 1``: ``target`` has shape ``[..., num_true]`` and every row's true classes share
     the target mass 1/num_true (TF semantics); a row is ignored when its first label is
     ``ignore_index``.
+
+    Args:
+        in_features: d. num_classes: V. num_sampled: S candidates per step (per example with a
+            context-dependent sampler).
+        sampler: a :mod:`bigsoftmax.samplers` sampler over V classes.
+        num_true: true classes per example.
+        remove_accidental_hits: mask candidates equal to a true class of their row.
+        bias: learn a ``[V]`` bias. sparse: sparse COO gradients for weight/bias.
+        ignore_index, reduction: as ``nn.CrossEntropyLoss``.
+        seed: seed of ``self.generator``. weight: an existing ``[V, d]`` parameter to tie.
+        gather: how per-example candidates are scored — ``"unique"`` (the batch's distinct rows, one
+            GEMM and an index map) or ``"rows"`` (``[N, S, d]`` gathered rows); see
+            :mod:`bigsoftmax.ops.sampled`.
+
+    Shape:
+        - hidden: ``(*, d)``; target: ``(*)`` (or ``(*, num_true)``); context: ``(*)``.
+        - output: scalar, or ``(*)`` with ``reduction='none'``.
     """
 
     def __init__(
@@ -51,8 +74,12 @@ class SamplingHead(LinearEvalMixin, Head):
         reduction: str = "mean",
         seed: Optional[int] = None,
         weight: Optional[nn.Parameter] = None,
+        gather: str = "unique",
     ):
         super().__init__(in_features, num_classes, ignore_index, reduction)
+        if gather not in ops.GATHER_MODES:
+            raise ValueError(f"gather must be one of {ops.GATHER_MODES}, got {gather!r}")
+        self.gather = gather
         if not isinstance(num_sampled, int) or isinstance(num_sampled, bool) or num_sampled < 1:
             raise ValueError(f"num_sampled must be an int >= 1, got {num_sampled!r}")
         if not isinstance(num_true, int) or isinstance(num_true, bool) or num_true < 1:
@@ -116,50 +143,109 @@ class SamplingHead(LinearEvalMixin, Head):
         check_target(y[y[:, 0] != self.ignore_index], self.num_classes, None)
         return h, y.long()
 
-    def forward(self, hidden: Tensor, target: Tensor, sampled_values=None) -> Tensor:
-        """Sampled objective in training mode, exact NLL in eval mode; [..., d], [...] -> loss.
+    @property
+    def uses_context(self) -> bool:
+        """True when the sampler is context-dependent: ``forward`` then needs ``context=``."""
+        return bool(getattr(self.sampler, "context_dependent", False))
 
-        ``sampled_values`` (optional) overrides the sampler with TF-style
-        ``(sampled_candidates [S], true_expected_count [N, num_true], sampled_expected_count [S])``.
+    def forward(self, hidden: Tensor, target: Tensor, sampled_values=None, context: Optional[Tensor] = None) -> Tensor:
+        """Sampled objective in training mode, exact NLL in eval mode.
+
+        Args:
+            hidden: ``[..., d]``. target: ``[...]`` int64 (``[..., num_true]`` when ``num_true > 1``).
+            sampled_values: optional TF-style ``(sampled_candidates, true_expected_count,
+                sampled_expected_count)`` overriding the sampler; candidates ``[S]`` (shared) or
+                ``[N, S]`` per example (N = the number of target rows, ignored ones included).
+            context: int64 ``[...]`` (the target's leading shape), the previous token of every
+                target; required by a context-dependent sampler (:attr:`uses_context`), refused
+                otherwise. Ignored in eval mode (the exact NLL needs no proposal).
         """
+        ops.check_not_meta(hidden=hidden, target=target, context=context, weight=self.weight)
         if not self.training and sampled_values is None:
             if self.num_true != 1:
                 raise ValueError("exact evaluation through forward() needs num_true=1; use target_log_prob per true class")
             return super().forward(hidden, target)
         h, y = self._flat_pair(hidden, target)
+        shape = target.shape if self.num_true == 1 else target.shape[:-1]
+        ctx = self._flat_context(context, shape, sampled_values is None)
         first = y if y.dim() == 1 else y[:, 0]
         keep = first != self.ignore_index
+        if sampled_values is not None:
+            sampled_values = _check_per_row(sampled_values, keep.shape[0])
         if not bool(keep.all()):
             h, y = h[keep], y[keep]
+            ctx = ctx[keep] if ctx is not None else None
             if sampled_values is not None:
-                sampled_values = (sampled_values[0], sampled_values[1][keep], sampled_values[2])
-        per = self._sampled_loss(h, y.reshape(-1, self.num_true), sampled_values)
-        shape = target.shape if self.num_true == 1 else target.shape[:-1]
-        from .base import reduce_loss
-
+                sampled_values = tuple(t[keep] if i == 1 or t.dim() == 2 else t for i, t in enumerate(sampled_values))
+        if ctx is not None:
+            check_target(ctx, self.num_classes, None, name="context")
+        per = self._sampled_loss(h, y.reshape(-1, self.num_true), sampled_values, ctx)
         return reduce_loss(per, keep, shape, self.reduction)
 
-    def draw(self, labels: Tensor):
-        """Draw ``num_sampled`` candidates for labels [N, num_true] (see :func:`draw_candidates`)."""
-        return draw_candidates(self.sampler, labels, self.num_sampled, self.generator, update=self.training)
+    def _flat_context(self, context, shape, drawing: bool) -> Optional[Tensor]:
+        """``context`` flattened to [N] after checking it against the target's leading shape."""
+        if context is None:
+            if drawing and self.uses_context:
+                raise ValueError(f"context is required: the {type(self.sampler).__name__} sampler draws candidates for the "
+                                 f"previous token of each target; pass context= with the target's shape {tuple(shape)}")
+            return None
+        if not self.uses_context:
+            raise ValueError(f"context= is only used by a context-dependent sampler (e.g. samplers.Bigram); this head's "
+                             f"sampler is {type(self.sampler).__name__}")
+        if not isinstance(context, Tensor):
+            raise TypeError(f"context must be a torch.Tensor of int64 token ids, got {type(context).__name__}")
+        if tuple(context.shape) != tuple(shape):
+            raise ValueError(f"context must have the target's shape {tuple(shape)} (one previous token per target), "
+                             f"got {tuple(context.shape)}")
+        check_target(context[:0], self.num_classes, None, name="context")  # dtype only; range after dropping ignored rows
+        return context.reshape(-1).long()
 
-    def _sampled_loss(self, h: Tensor, y: Tensor, sampled_values) -> Tensor:  # pragma: no cover - abstract
+    def draw(self, labels: Tensor, context: Optional[Tensor] = None):
+        """Draw ``num_sampled`` candidates for labels [N, num_true] (see :func:`draw_candidates`)."""
+        return draw_candidates(self.sampler, labels, self.num_sampled, self.generator, update=self.training, context=context)
+
+    def _sampled_loss(self, h: Tensor, y: Tensor, sampled_values, context=None) -> Tensor:  # pragma: no cover - abstract
         raise NotImplementedError
+
+    def _checked_values(self, h: Tensor, y: Tensor, sampled_values, context):
+        """The step's candidates: ``sampled_values`` as given, else the sampler's draw; validated."""
+        if sampled_values is None:
+            sampled_values = self.draw(y, context)
+        return ops.check_sampled_values(sampled_values, y, self.num_sampled, self.num_classes)
 
     def _parts(self, h, y, sampled_values, subtract_log_q=True, row_transform=None):
         """The shared sampled-logits core on this head's parameters (sparse gradients when ``sparse``)."""
-        return BF.sampled_logits_parts(self.weight, self.bias, y, h, sampled_values, subtract_log_q=subtract_log_q,
-                                       remove_accidental_hits=self.remove_accidental_hits, row_transform=row_transform,
-                                       sparse=self.sparse)
+        return ops.sampled_logits_parts(self.weight, self.bias, y, h, sampled_values, subtract_log_q=subtract_log_q,
+                                        remove_accidental_hits=self.remove_accidental_hits, row_transform=row_transform,
+                                        sparse=self.sparse, gather=self.gather)
 
     def _loss(self, h, y):  # exact NLL for the eval-mode forward
         return -self._target_log_prob(h, y)
 
 
-def draw_candidates(sampler, labels: Tensor, num_sampled: int, generator: torch.Generator, update: bool = True):
+def _check_per_row(sampled_values, batch: int):
+    """Refuse per-example ``sampled_values`` whose rows disagree with the batch before any row is selected."""
+    if not (isinstance(sampled_values, (tuple, list)) and len(sampled_values) == 3
+            and all(isinstance(t, Tensor) for t in sampled_values)):
+        raise TypeError("sampled_values must be a tuple of three tensors (sampled_candidates, true_expected_count, "
+                        "sampled_expected_count)")
+    for name, t in zip(("sampled_candidates", "true_expected_count", "sampled_expected_count"), sampled_values):
+        if (t.dim() == 2 or name == "true_expected_count") and (t.dim() == 0 or t.shape[0] != batch):
+            raise ValueError(f"sampled_values: {name} must have {batch} rows (one per target row), got shape {tuple(t.shape)}")
+    return tuple(sampled_values)
+
+
+def draw_candidates(sampler, labels: Tensor, num_sampled: int, generator: torch.Generator, update: bool = True,
+                    context: Optional[Tensor] = None):
     """Draw ``num_sampled`` candidates for labels [N, num_true]; then, as TF does, let a learned
-    sampler count this batch's labels (so they shape the next draws, not this one)."""
-    out = sampler.sample(labels, num_sampled, generator=generator)
+    sampler count this batch's labels (so they shape the next draws, not this one).
+
+    A context-dependent sampler (``sampler.context_dependent``) gets ``context`` [N] and returns
+    per-example candidates ``[N, S]``."""
+    if getattr(sampler, "context_dependent", False):
+        out = sampler.sample(labels, num_sampled, generator=generator, context=context)
+    else:
+        out = sampler.sample(labels, num_sampled, generator=generator)
     if update and hasattr(sampler, "update"):
         sampler.update(labels)
     return out
@@ -180,17 +266,25 @@ class SampledSoftmax(SamplingHead):
         loss = logsumexp(z_y, z_{c_1}, …, z_{c_S}) − z_y      (accidental hits c_s = y masked out)
 
     which is an estimate of the full softmax cross-entropy; with the ``All`` sampler it is exactly
-    the full cross-entropy. fp32/fp64 take a fused kernel (see
-    :func:`bigsoftmax.functional.fused_sampled_softmax`); half precision and autocast take the
-    general autograd path (log-softmax in fp32).
+    the full cross-entropy. With a context-dependent sampler (``samplers.Bigram``) the candidates
+    ``c_{b,1..S}`` and counts ``E(c | prev_b)`` are drawn per example: pass ``context=``. fp32/fp64
+    take a fused kernel (see :func:`bigsoftmax.functional.fused_sampled_softmax`); half precision and
+    autocast take the general autograd path (log-softmax in fp32). Arguments as :class:`SamplingHead`.
+
+    Examples::
+
+        >>> head = SampledSoftmax(16, 1000, num_sampled=64, seed=0)
+        >>> loss = head(torch.randn(8, 16), torch.randint(0, 1000, (8,)))
+        >>> tokens = torch.randint(0, 1000, (5000,))
+        >>> bh = SampledSoftmax(16, 1000, 64, sampler=bigsoftmax.samplers.Bigram(1000, tokens), seed=0)
+        >>> loss = bh(torch.randn(8, 16), tokens[1:9], context=tokens[:8])
     """
 
-    def _sampled_loss(self, h: Tensor, y: Tensor, sampled_values) -> Tensor:
-        if sampled_values is None:
-            sampled_values = self.draw(y)
-        sampled, true_exp, samp_exp = BF._check_sampled_values(sampled_values, y, self.num_sampled, self.num_classes)
-        if BF._fused_ok(self.weight, self.bias, h):
-            return BF.fused_sampled_softmax(h, self.weight, self.bias, y, sampled, true_exp, samp_exp,
-                                            remove_accidental_hits=self.remove_accidental_hits, sparse=self.sparse)
+    def _sampled_loss(self, h: Tensor, y: Tensor, sampled_values, context=None) -> Tensor:
+        sampled, true_exp, samp_exp = self._checked_values(h, y, sampled_values, context)
+        if ops.fused_ok(self.weight, self.bias, h):
+            return ops.fused_sampled_softmax(h, self.weight, self.bias, y, sampled, true_exp, samp_exp,
+                                             remove_accidental_hits=self.remove_accidental_hits, sparse=self.sparse,
+                                             gather=self.gather)
         parts = self._parts(h, y, (sampled, true_exp, samp_exp), subtract_log_q=True)
-        return BF._softmax_ce(parts).to(h.dtype)
+        return ops.softmax_ce(parts).to(h.dtype)

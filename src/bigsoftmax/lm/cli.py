@@ -47,8 +47,9 @@ def _add_model_args(p: argparse.ArgumentParser, head_default: Optional[str] = "f
         g.add_argument("--head", default=head_default, help="output head (see `bigsoftmax heads`; default: full)")
     g.add_argument("--num-sampled", type=_pos_int, default=None,
                    help="candidates per step for sampling heads (default: V/16)")
-    g.add_argument("--sampler", default=None, choices=["log_uniform", "unigram", "uniform"],
-                   help="candidate sampler for sampling heads (default: log_uniform; unigram^0.75 for negsampling)")
+    g.add_argument("--sampler", default=None, choices=["log_uniform", "unigram", "uniform", "bigram"],
+                   help="candidate sampler for sampling heads (default: log_uniform; unigram^0.75 for negsampling; "
+                        "bigram: per-example candidates from the previous token, sampled / NCE heads)")
     g.add_argument("--sparse", action="store_true",
                    help="sparse gradients for embedding rows (dense Adam + SparseAdam)")
     g.add_argument("--cutoffs", type=_int_list, default=None, help="adaptive softmax cutoffs, e.g. 2000,10000")

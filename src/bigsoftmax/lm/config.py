@@ -130,15 +130,19 @@ def seed_generators(model: nn.Module, seed: int) -> None:
         g.manual_seed((seed * 1_000_003 + 7919 * (i + 1)) % (2**63 - 1))
 
 
-def build_model(cfg: TrainConfig, corpus_counts: np.ndarray) -> nn.Module:
+def build_model(cfg: TrainConfig, corpus_counts: np.ndarray, tokens: Optional[np.ndarray] = None) -> nn.Module:
     """The LM of ``cfg`` over ``len(corpus_counts)`` classes; body and head initialised from ``cfg.seed``.
+
+    ``tokens`` (the training stream) builds the ``--sampler bigram`` proposal.
 
     The body/embedding are initialised from ``seed`` after the head, with the head drawn from a
     separately seeded stream, so every head gets the same body initialisation.
     """
     V = int(len(corpus_counts))
     torch.manual_seed(cfg.seed + 1)
-    head = build_head(cfg.head, cfg.d_model, corpus_counts, cfg.head_options())
+    opts = cfg.head_options()
+    opts.tokens = tokens
+    head = build_head(cfg.head, cfg.d_model, corpus_counts, opts)
     torch.manual_seed(cfg.seed)
     model = build_lm(cfg.model, V, head, cfg.d_model, cfg.num_layers, cfg.dropout, cfg.tie, cfg.sparse,
                      max_len=max(cfg.seq_len, 1), num_heads=cfg.num_heads)

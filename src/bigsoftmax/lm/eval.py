@@ -105,7 +105,7 @@ def load_run(run_dir: Union[str, Path], corpus: Optional[Corpus] = None):
     if len(corpus.vocab) != ck["vocab_size"]:
         raise ValueError(f"corpus vocabulary ({len(corpus.vocab)} types) does not match the checkpoint's "
                          f"({ck['vocab_size']}); was the corpus file changed?")
-    model = build_model(cfg, corpus.counts)
+    model = build_model(cfg, corpus.counts, tokens=corpus.train)
     model.load_state_dict(ck["model"])
     model.eval()
     return model, corpus, cfg, ck

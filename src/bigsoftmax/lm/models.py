@@ -91,8 +91,13 @@ class LanguageModel(nn.Module):
         return self.drop(h), state
 
     def loss(self, tokens: Tensor, targets: Tensor, state=None) -> Tuple[Tensor, object]:
-        """Training objective of the head on next-token targets [B, T] -> (scalar loss, state)."""
+        """Training objective of the head on next-token targets [B, T] -> (scalar loss, state).
+
+        A head with a context-dependent sampler (``head.uses_context``) gets the previous token of
+        every target as ``context=``: in a BPTT batch that is the input token at the same position."""
         h, state = self(tokens, state)
+        if getattr(self.head, "uses_context", False):
+            return self.head(h, targets, context=tokens), state
         return self.head(h, targets), state
 
     @staticmethod

@@ -34,8 +34,9 @@ class HeadOptions:
     """Options the registry may pass to a head constructor (each only if the constructor accepts it).
 
     num_sampled: candidates per step for sampling heads (default ``V // 16``).
-    sampler: ``'log_uniform'`` (Zipf, assumes frequency-sorted ids), ``'unigram'`` (counts^distortion)
-        or ``'uniform'``; None = the head's default (unigram^0.75 for negative sampling, log-uniform
+    sampler: ``'log_uniform'`` (Zipf, assumes frequency-sorted ids), ``'unigram'`` (counts^distortion),
+        ``'uniform'`` or ``'bigram'`` (``samplers.Bigram`` over ``tokens``: the head then takes the
+        previous token of every target as ``context=``); None = the head's default (unigram^0.75 for negative sampling, log-uniform
         for the others).
     distortion: exponent for the unigram sampler (0.75 as in word2vec).
     sparse: sparse gradients for the class-embedding rows.
@@ -44,6 +45,7 @@ class HeadOptions:
     div_value: adaptive-softmax projection shrink factor per tail cluster.
     num_clusters: class-based softmax number of frequency-binned classes (default ~sqrt(V)).
     extra: further keyword arguments passed verbatim (filtered by the constructor's signature).
+    tokens: the training token stream, needed by the ``'bigram'`` sampler (not serialised).
     """
 
     num_sampled: Optional[int] = None
@@ -55,9 +57,11 @@ class HeadOptions:
     div_value: float = 4.0
     num_clusters: Optional[int] = None
     extra: Dict[str, object] = field(default_factory=dict)
+    tokens: Optional[np.ndarray] = field(default=None, repr=False)
 
     def to_dict(self) -> Dict[str, object]:
         d = asdict(self)
+        d.pop("tokens")
         d["cutoffs"] = list(self.cutoffs) if self.cutoffs is not None else None
         return d
 
@@ -71,7 +75,7 @@ class HeadSpec:
     builder: Callable
 
 
-_SAMPLERS = ("log_uniform", "unigram", "uniform")
+_SAMPLERS = ("log_uniform", "unigram", "uniform", "bigram")
 
 
 def default_num_sampled(vocab_size: int) -> int:
@@ -88,8 +92,9 @@ def default_cutoffs(vocab_size: int) -> List[int]:
     return [c1, c2] if c2 < vocab_size else [c1]
 
 
-def make_sampler(kind: str, counts: np.ndarray, unique: bool = True, distortion: float = 0.75):
-    """A :mod:`bigsoftmax.samplers` sampler over ``len(counts)`` frequency-sorted classes."""
+def make_sampler(kind: str, counts: np.ndarray, unique: bool = True, distortion: float = 0.75, tokens=None):
+    """A :mod:`bigsoftmax.samplers` sampler over ``len(counts)`` frequency-sorted classes
+    (``'bigram'``: built from the ``tokens`` stream, unigram part counts^distortion)."""
     from .. import samplers as S
 
     V = int(len(counts))
@@ -100,6 +105,14 @@ def make_sampler(kind: str, counts: np.ndarray, unique: bool = True, distortion:
     if kind == "unigram":
         c = torch.as_tensor(np.asarray(counts, dtype=np.float64)).clamp_min(1.0)  # every class drawable
         return S.Unigram(c, distortion=distortion, unique=unique)
+    if kind == "bigram":
+        if tokens is None:
+            raise ValueError("the bigram sampler needs the training token stream (HeadOptions.tokens)")
+        # drawn with replacement (S·Q expected counts, exact): per-row unique draws need several
+        # sort-and-redraw rounds, ~8x the cost at S = V/16 (benchmarks/proposals.py, "Drawing candidates")
+        c = torch.as_tensor(np.asarray(counts, dtype=np.float64)).clamp_min(1.0)  # every class drawable
+        return S.Bigram(V, torch.as_tensor(np.asarray(tokens, dtype=np.int64)), unigram_counts=c, alpha=distortion,
+                        unique=False)
     raise ValueError(f"sampler must be one of {_SAMPLERS}, got {kind!r}")
 
 
@@ -127,7 +140,7 @@ def _build_sampling(cls, in_features: int, counts, o: HeadOptions, default_sampl
         # the head's own noise from the class counts; every class drawable (<unk> may have count 0)
         kw["counts"] = _counts_tensor(counts).clamp_min(1.0)
     else:
-        kw["sampler"] = make_sampler(o.sampler or default_sampler, counts, True, o.distortion)
+        kw["sampler"] = make_sampler(o.sampler or default_sampler, counts, True, o.distortion, o.tokens)
     kw.update(o.extra)
     return cls(in_features, V, **_accepted(cls, kw))
 

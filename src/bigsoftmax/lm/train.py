@@ -88,7 +88,7 @@ class Trainer:
         V = len(self.corpus.vocab)
         if self.ckpt is not None and self.ckpt["vocab_size"] != V:
             raise ValueError(f"checkpoint vocabulary has {self.ckpt['vocab_size']} types but the corpus now gives {V}")
-        self.model = build_model(cfg, self.corpus.counts)
+        self.model = build_model(cfg, self.corpus.counts, tokens=self.corpus.train)
         self.optimizer = self._make_optimizer()
         self.lanes = batchify(self.corpus.train, cfg.batch_size)
         self.batches_per_epoch = num_batches(self.lanes, cfg.seq_len)

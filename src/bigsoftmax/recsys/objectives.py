@@ -35,7 +35,7 @@ from torch import Tensor, nn
 
 from .. import functional as BF
 from .. import samplers as S
-from .._streaming import StreamingFrequencyEstimator
+from ..samplers.streaming import StreamingFrequencyEstimator
 from ..retrieval import InBatchSoftmax, MixedNegativeSoftmax
 
 __all__ = ["OBJECTIVES", "SAMPLERS", "FREQ_SOURCES", "Objective", "build_objective", "make_sampler", "log_target_frequency"]

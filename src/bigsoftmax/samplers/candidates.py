@@ -62,6 +62,7 @@ __all__ = [
     "expected_count",
     "log_uniform_prob",
     "log_uniform_draw",
+    "inverse_cdf",
     "inverse_cdf_draw",
     "unique_by_rejection",
     "fenwick_build",
@@ -109,6 +110,8 @@ def _check_ids(ids, range_max: int, name: str) -> Tensor:
         raise TypeError(f"{name} must be a torch.Tensor of int64 class ids, got {type(ids).__name__}")
     if ids.dtype.is_floating_point or ids.dtype.is_complex or ids.dtype == torch.bool:
         raise TypeError(f"{name} must hold integer class ids (int64), got dtype {ids.dtype}")
+    if ids.device.type == "meta":
+        raise ValueError(f"{name} is on the meta device, which holds no values; move it to a real device (cpu, cuda)")
     if ids.numel():
         lo, hi = int(ids.min()), int(ids.max())
         if lo < 0 or hi >= range_max:
@@ -134,6 +137,18 @@ def _check_true_classes(true_classes, range_max: int, num_true: Optional[int] = 
             f"{tuple(true_classes.shape)}"
         )
     return _check_ids(true_classes, range_max, "true_classes")
+
+
+#: TF's limit on range_max for the unigram samplers (``range_sampler_ops``): strictly below int32 max
+_TF_RANGE_MAX_LIMIT = 2**31 - 1
+
+
+def _check_tf_range_max(range_max) -> int:
+    """``range_max`` as an int in [1, 2**31 - 1), with TF's message for the upper limit."""
+    v = _check_int("range_max", range_max, 1)
+    if v >= _TF_RANGE_MAX_LIMIT:
+        raise ValueError(f"range_max must be less than {_TF_RANGE_MAX_LIMIT}, got {v}")
+    return v
 
 
 def _check_generator(generator) -> Optional[torch.Generator]:
@@ -201,8 +216,15 @@ def inverse_cdf_draw(cdf: Tensor, n: int, generator: Optional[torch.Generator] =
     with ``cdf[id] > x`` (``torch.searchsorted(..., right=True)``): O(n log V). Zero-weight ids are
     never returned.
     """
-    total = cdf[-1]
     u = torch.rand(n, dtype=torch.float64, generator=generator, device=_gen_device(generator)).to(cdf.device)
+    return inverse_cdf(cdf, u)
+
+
+def inverse_cdf(cdf: Tensor, u: Tensor) -> Tensor:
+    """The ids of uniforms ``u`` (float64 in [0, 1), any shape) under the inclusive cumulative
+    weights ``cdf`` [V]: the first index with ``cdf[id] > u * total`` (``x`` kept strictly below the
+    total against round-off). Zero-weight ids are never returned."""
+    total = cdf[-1]
     x = torch.minimum(u * total, torch.nextafter(total, torch.zeros_like(total)))
     return torch.searchsorted(cdf, x, right=True)
 
@@ -286,17 +308,26 @@ def read_vocab_file(vocab_file: Union[str, os.PathLike]) -> list:
     if not os.path.isfile(path):
         raise ValueError(f"vocab_file {path!r} does not exist or is not a file")
     out = []
-    with open(path, "r", encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
-            line = line.rstrip("\n").rstrip("\r")
-            last = line.split(",")[-1]
-            try:
-                out.append(float(last))
-            except ValueError:
-                raise ValueError(
-                    f"vocab_file {path!r} line {lineno}: the last comma-separated field must be a number "
-                    f"(the count), got {line!r}"
-                ) from None
+    try:
+        with open(path, "r", encoding="utf-8") as f:
+            lines = f.read().split("\n")
+    except UnicodeDecodeError as e:
+        raise ValueError(f"vocab_file {path!r} is not a UTF-8 text file (byte {e.start} cannot be decoded); "
+                         "it must hold one id per line whose last comma-separated field is the count") from None
+    if lines and lines[-1] == "":
+        lines.pop()  # the newline that ends the last line
+    if "\x00" in "".join(lines[:1000]):
+        raise ValueError(f"vocab_file {path!r} contains NUL bytes: it is a binary file, not a text vocabulary")
+    for lineno, line in enumerate(lines, 1):
+        line = line.rstrip("\n").rstrip("\r")
+        last = line.split(",")[-1]
+        try:
+            out.append(float(last))
+        except ValueError:
+            raise ValueError(
+                f"vocab_file {path!r} line {lineno}: the last comma-separated field must be a number "
+                f"(the count), got {line!r}"
+            ) from None
     return out
 
 
@@ -512,11 +543,24 @@ class Unigram(CandidateSampler):
         """Build from a TF vocabulary file (see :func:`read_vocab_file`); kwargs as the constructor."""
         return cls(read_vocab_file(vocab_file), **kwargs)
 
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        # validate before anything is copied: a bad state dict leaves the sampler as it was
+        w = state_dict.get(prefix + "weights")
+        if isinstance(w, Tensor):
+            if tuple(w.shape) != (self.range_max,):
+                raise ValueError(f"Unigram weights must have shape [{self.range_max}] (range_max), got {tuple(w.shape)}")
+            self._check_weights(w)
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+
+    @staticmethod
+    def _check_weights(w: Tensor) -> None:
+        if not bool(torch.isfinite(w).all()) or bool((w < 0).any()) or not bool((w > 0).any()):
+            raise ValueError("Unigram weights must be finite, >= 0 and not all zero")
+
     def _rebuild(self) -> None:
         """Recompute the CDF and support size from ``weights`` (after loading a state dict)."""
         w = self.weights
-        if not bool(torch.isfinite(w).all()) or bool((w < 0).any()) or not bool((w > 0).any()):
-            raise ValueError("Unigram weights must be finite, >= 0 and not all zero")
+        self._check_weights(w)
         self._cdf = torch.cumsum(w, 0)
         self._num_valid = int((w > 0).sum())
 
@@ -557,7 +601,7 @@ class LearnedUnigram(CandidateSampler):
     """
 
     def __init__(self, range_max: int, unique: bool = True):
-        super().__init__(range_max, unique)
+        super().__init__(_check_tf_range_max(range_max), unique)
         self.register_buffer("counts", torch.ones(self.range_max, dtype=torch.long))
         self.register_buffer("_tree", torch.empty(0, dtype=torch.long), persistent=False)
         self._total = 0
@@ -565,10 +609,23 @@ class LearnedUnigram(CandidateSampler):
         self._rebuild()
         self.register_load_state_dict_post_hook(_rebuild_after_load)
 
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        # validate before anything is copied: a bad state dict leaves the sampler as it was
+        counts = state_dict.get(prefix + "counts")
+        if isinstance(counts, Tensor):
+            self._check_counts(counts)
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+
+    def _check_counts(self, counts: Tensor) -> None:
+        if tuple(counts.shape) != (self.range_max,) or counts.dtype.is_floating_point or counts.dtype == torch.bool:
+            raise ValueError(f"LearnedUnigram counts must be an integer tensor of shape [{self.range_max}] (range_max), "
+                             f"got shape {tuple(counts.shape)} dtype {counts.dtype}")
+        if bool((counts < 0).any()) or int(counts.sum()) <= 0:
+            raise ValueError("LearnedUnigram counts must be >= 0 and not all zero")
+
     def _rebuild(self) -> None:
         """Recompute the Fenwick tree and total from ``counts`` (after loading a state dict)."""
-        if bool((self.counts < 0).any()) or int(self.counts.sum()) <= 0:
-            raise ValueError("LearnedUnigram counts must be >= 0 and not all zero")
+        self._check_counts(self.counts)
         self._tree = fenwick_build(self.counts)
         self._total = int(self.counts.sum())
         self._num_valid = int((self.counts > 0).sum())
@@ -655,9 +712,13 @@ def learned_unigram_candidate_sampler(true_classes, num_true, num_sampled, uniqu
     """``tf.random.learned_unigram_candidate_sampler`` as one stateless call.
 
     A function keeps no state between calls, so every call sees TF's initial state (all counts 1,
-    i.e. uniform). Use a :class:`LearnedUnigram` module (``sample`` then ``update``) to learn.
+    i.e. uniform). That state draws exactly as :class:`Uniform` does (``randint(total)`` descends
+    to the same id; same probabilities), so the call is a :class:`Uniform` draw and builds no
+    O(range_max) table. Use a :class:`LearnedUnigram` module (``sample`` then ``update``) to learn.
+    ``range_max`` must be less than 2**31 - 1 (TF's limit).
     """
-    return _tf_call(LearnedUnigram(range_max, _check_bool("unique", unique)), true_classes, num_true, num_sampled, seed, generator)
+    return _tf_call(Uniform(_check_tf_range_max(range_max), _check_bool("unique", unique)), true_classes, num_true,
+                    num_sampled, seed, generator)
 
 
 def fixed_unigram_candidate_sampler(
@@ -680,8 +741,10 @@ def fixed_unigram_candidate_sampler(
     Exactly one of ``vocab_file`` (CSV-like lines whose last field is the count) and ``unigrams``
     must be given; they hold the weights of ids ``num_reserved_ids, num_reserved_ids + 1, ...``.
     ``range_max`` must equal the number of ids of this shard (``num_reserved_ids + len(unigrams)``
-    when ``num_shards == 1``), and ids are shard-local, as in TF.
+    when ``num_shards == 1``), and ids are shard-local, as in TF; it must be less than 2**31 - 1
+    (TF's limit), checked before any table is built.
     """
+    range_max = _check_tf_range_max(range_max)
     has_file = bool(vocab_file)
     has_uni = unigrams is not None and len(unigrams) > 0
     if has_file == has_uni:
@@ -698,7 +761,6 @@ def fixed_unigram_candidate_sampler(
         num_shards=num_shards,
         shard=shard,
     )
-    range_max = _check_int("range_max", range_max, 1)
     if range_max != sampler.range_max:
         raise ValueError(
             f"range_max ({range_max}) must equal the number of ids in this shard, {sampler.range_max} "
@@ -718,7 +780,3 @@ def all_candidate_sampler(true_classes, num_true, num_sampled, unique, seed=None
     return _tf_call(All(num_sampled), true_classes, num_true, num_sampled, seed, generator)
 
 
-# Streaming item-frequency estimation for in-batch log Q (Yi et al. 2019) lives beside the samplers.
-from ._streaming import StreamingFrequencyEstimator  # noqa: E402
-
-__all__.append("StreamingFrequencyEstimator")

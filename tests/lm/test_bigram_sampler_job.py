@@ -1,0 +1,49 @@
+"""The LM job with ``--sampler bigram``: the registry builds the Bigram proposal from the training
+stream, the train step passes the previous token of every target as context, train/eval/resume run."""
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from bigsoftmax import cli
+from bigsoftmax import samplers as S
+from bigsoftmax.lm.registry import HeadOptions, build_head
+
+TINY = ["--corpus", "gutenberg", "--max-lines", "3000", "--max-vocab", "500", "--block-lines", "50"]
+MODEL = ["--d-model", "32", "--batch-size", "16", "--seq-len", "16", "--lr", "0.02", "--eval-tokens", "3000", "-q"]
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _cache(tmp_path_factory):
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("BIGSOFTMAX_CACHE", str(tmp_path_factory.mktemp("cache")))
+        mp.delenv("BIGSOFTMAX_DATA", raising=False)
+        yield
+
+
+@pytest.mark.parametrize("name", ["sampled", "nce"])
+def test_registry_builds_a_bigram_head_from_the_stream(name):
+    V = 40
+    tokens = np.random.default_rng(0).integers(0, V, 2000)
+    counts = np.bincount(tokens, minlength=V)
+    head = build_head(name, 8, counts, HeadOptions(num_sampled=5, sampler="bigram", tokens=tokens))
+    assert isinstance(head.sampler, S.Bigram) and head.uses_context and not head.sampler.unique
+    y, prev = torch.as_tensor(tokens[1:11]), torch.as_tensor(tokens[:10])
+    assert torch.isfinite(head(torch.randn(10, 8), y, context=prev))
+    with pytest.raises(ValueError, match="token stream"):
+        build_head(name, 8, counts, HeadOptions(num_sampled=5, sampler="bigram"))
+    assert "tokens" not in HeadOptions(tokens=tokens).to_dict()
+
+
+@pytest.mark.parametrize("head", ["sampled", "nce"])
+def test_train_eval_resume_with_bigram_sampler(head, tmp_path, capsys):
+    out = tmp_path / head
+    assert cli.main(["train", *TINY, *MODEL, "--head", head, "--sampler", "bigram", "--num-sampled", "32",
+                     "--max-tokens", "16K", "--out", str(out)]) == 0, capsys.readouterr().err
+    m = json.loads((Path(out) / "metrics.json").read_text())
+    assert m["status"] == "finished" and m["valid_ppl"] < m["unigram_ppl"], m
+    assert cli.main(["train", "--resume", "--out", str(out), "--max-tokens", "17K", "-q"]) == 0
+    assert cli.main(["eval", str(out)]) == 0
