@@ -31,7 +31,7 @@ import torch.nn.functional as F
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
 from bigsoftmax import samplers as S  # noqa: E402
-from bigsoftmax._streaming import StreamingFrequencyEstimator  # noqa: E402
+from bigsoftmax.samplers import StreamingFrequencyEstimator  # noqa: E402
 from bigsoftmax.heads import NCE, NegativeSampling, SampledLogistic, SampledSoftmax  # noqa: E402
 from bigsoftmax.retrieval import in_batch_softmax_loss  # noqa: E402
 

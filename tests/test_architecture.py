@@ -93,7 +93,6 @@ def test_jobs_do_not_import_each_other():
     assert not bad, f"a job imports the other job: {bad}"
 
 
-@pytest.mark.xfail(reason="recsys.objectives imports bigsoftmax._streaming until it moves into samplers")
 def test_jobs_use_no_private_name_of_the_core():
     bad = []
     for m, deps in IMPORTS.items():
@@ -159,7 +158,6 @@ def _cycles(g):
     return out
 
 
-@pytest.mark.xfail(reason="functional <-> retrieval until in_batch_softmax_loss stops being re-exported lazily")
 def test_no_import_cycles():
     g = _graph()
     # a package's __init__ re-exporting its submodules is not a cycle of logic: drop package -> child edges

@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 
 from bigsoftmax import functional as BF
 from bigsoftmax import samplers
-from bigsoftmax._streaming import StreamingFrequencyEstimator
+from bigsoftmax.samplers import StreamingFrequencyEstimator
 from bigsoftmax.retrieval import (
     InBatchSoftmax,
     MixedNegativeSoftmax,

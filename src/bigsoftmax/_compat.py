@@ -1,7 +1,9 @@
 """Old import paths of modules that moved, kept working with a :class:`DeprecationWarning`.
 
 The language-model job moved from the top of the package into :mod:`bigsoftmax.lm`, the two-tower model
-into :mod:`bigsoftmax.recsys.model`. ``import bigsoftmax.registry`` (and every submodule of a moved
+into :mod:`bigsoftmax.recsys.model`, the private kernels ``_full``/``_lse`` into :mod:`bigsoftmax.ops.lse`
+(``linear_logsumexp`` there returns ``(lse, target_logit)``; ``chunk=`` is ``chunk_size=``) and
+``_streaming`` into :mod:`bigsoftmax.samplers.streaming`. ``import bigsoftmax.registry`` (and every submodule of a moved
 package, e.g. ``bigsoftmax.data.corpus``) returns the *same* module object as its new path, so classes and
 module state are never duplicated. The finder only answers for the names in :data:`MOVED`.
 """
@@ -24,6 +26,10 @@ MOVED = {
     "bigsoftmax.models": "bigsoftmax.lm.models",
     "bigsoftmax.models.lm": "bigsoftmax.lm.models",
     "bigsoftmax.models.twotower": "bigsoftmax.recsys.model",
+    # private modules that earlier docs imported: the kernels moved into ops/, the estimator into samplers/
+    "bigsoftmax._full": "bigsoftmax.ops.lse",
+    "bigsoftmax._lse": "bigsoftmax.ops.lse",
+    "bigsoftmax._streaming": "bigsoftmax.samplers.streaming",
 }
 
 

@@ -52,11 +52,15 @@ from .ops.sampled import (  # noqa: F401  (the core and gather_rows are public; 
     sampled_logits_parts,
     sigmoid_ce as _sigmoid_ce,
     softmax_ce as _softmax_ce,
+    softmax_ce as sampled_softmax_from_parts,
+    sigmoid_ce as sigmoid_loss_from_parts,
 )
 
 __all__ = [
     "SampledParts",
     "sampled_logits_parts",
+    "sampled_softmax_from_parts",
+    "sigmoid_loss_from_parts",
     "compute_sampled_logits",
     "sampled_softmax_loss",
     "nce_loss",

@@ -45,7 +45,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from . import functional as BF
+from .ops import sampled as BF
 from ._validate import check_reduction
 from .ops.reduce import reduce_loss
 
@@ -290,7 +290,7 @@ def mixed_negatives_loss(
     labels = pos_ids[:, None]
     if sampled_values is None:
         sampled_values = sampler.sample(labels, num_sampled, generator=generator)
-    sampled, true_exp, samp_exp = BF._check_sampled_values(sampled_values, labels, num_sampled, V)
+    sampled, true_exp, samp_exp = BF.check_sampled_values(sampled_values, labels, num_sampled, V)
     sampled = sampled.to(query.device)
     neg = BF.gather_rows(item_table, sampled) if isinstance(item_table, Tensor) else item_table(sampled)
     if not isinstance(neg, Tensor) or tuple(neg.shape) != (num_sampled, query.shape[1]):

@@ -156,7 +156,7 @@ class Objective(nn.Module):
             hit = sampled[None, :] == pos[:, None]
             parts = parts._replace(sampled_logits=parts.sampled_logits.masked_fill(hit, torch.finfo(parts.sampled_logits.dtype).min),
                                    hit_mask=hit)
-        return BF._softmax_ce(parts).mean()
+        return BF.sampled_softmax_from_parts(parts).mean()
 
 
 def build_objective(kind: str, num_items: int, target_counts: Tensor, item_counts: Tensor, *, sampler: Optional[str] = None,
