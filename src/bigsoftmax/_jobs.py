@@ -179,7 +179,7 @@ def load_checkpoint_file(path: PathLike, kind: str, fmt: int, required: Sequence
         ck = torch.load(p, map_location="cpu", weights_only=True)
     except Exception as e:  # EOFError, UnpicklingError, RuntimeError (zip), ...
         reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise CheckpointError(f"{what}: cannot be read ({type(e).__name__}: {reason[:200]})") from None
+        raise CheckpointError(f"{what}: not a readable torch.save file ({type(e).__name__}: {reason[:200]})") from None
     if not isinstance(ck, dict):
         raise CheckpointError(f"{what}: it holds a {type(ck).__name__}, not a checkpoint dict")
     if ck.get("format") != fmt:
