@@ -24,6 +24,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import sys
 import threading
 import time
 from dataclasses import asdict, dataclass, field
@@ -157,6 +158,8 @@ class Trainer:
         self.on_step = on_step
         self.progress = Progress("train", enabled=cfg.progress)
         self._log = log or self.progress.message
+        # notices a user must see even with --quiet (stale lock / tmp files removed, flags applied on resume)
+        self._notice = log or (lambda text: print(text, file=sys.stderr, flush=True))
         self.corpus = corpus if corpus is not None else load_corpus(cfg.corpus, **cfg.corpus_kwargs())
         V = len(self.corpus.vocab)
         if self.ckpt is not None:
@@ -298,7 +301,7 @@ class Trainer:
 
     def run(self) -> Dict:
         """Train under the folder's lock until a budget is reached or a stop signal; see the module docstring."""
-        lock = RunLock(self.out, log=self._log)
+        lock = RunLock(self.out, log=self._notice)
         lock.acquire()
         try:
             self._prepare_folder()
@@ -327,7 +330,7 @@ class Trainer:
             check_can_write([self.out / n for n in RUN_FILES], False, "--overwrite (or --resume)")
         for name in (CHECKPOINT, "config.json", "metrics.json"):
             for p in remove_stale_tmp(self.out, name):
-                self._log(f"removed {str(p)!r}, left by an interrupted save")
+                self._notice(f"removed {str(p)!r}, left by an interrupted save")
         write_json_atomic(asdict(self.cfg), self.out / "config.json")
         write_text_atomic(self.corpus.vocab.to_json(), self.out / "vocab.json")
         hist = self.out / HISTORY
@@ -350,7 +353,7 @@ class Trainer:
     def _run(self) -> Dict:
         cfg = self.cfg
         if self.applied:
-            self._log("applied on --resume: " + ", ".join(f"{flag_name(k)} {a!r} -> {b!r}"
+            self._notice("applied on --resume: " + ", ".join(f"{flag_name(k)} {a!r} -> {b!r}"
                                                           for k, (a, b) in self.applied.items()))
         self._dense = self._dense_params()
         self.model.train()
