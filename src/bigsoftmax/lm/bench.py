@@ -254,13 +254,14 @@ def run_bench(cfg, heads: List[str], out: Path, isolate: bool = True, threads: O
     started = time.time()
     runs: List[Dict] = []
     total = Progress("bench", enabled=cfg.progress, unit="head", total=len(heads))
+    say = total.message if cfg.progress else log  # the per-head lines are printed even with --quiet
     for i, head in enumerate(heads):
         run_dir = out / "runs" / head
         if run_dir.exists() and overwrite:
             shutil.rmtree(run_dir) if run_dir.is_dir() else run_dir.unlink()
         run_dir.mkdir(parents=True, exist_ok=True)
         hcfg = replace(cfg, head=head)
-        total.message(f"[{i + 1}/{len(heads)}] {head}")
+        say(f"[{i + 1}/{len(heads)}] {head}")
         if isolate:
             r = _run_isolated(hcfg, run_dir, threads, tensorboard)
         else:
@@ -273,9 +274,9 @@ def run_bench(cfg, heads: List[str], out: Path, isolate: bool = True, threads: O
         r.setdefault("head", head)
         runs.append(r)
         if r.get("status") == "finished":
-            total.message(f"    {head}: valid ppl {r['valid_ppl']:.1f}, {r['tokens_per_s']:,.0f} tok/s")
+            say(f"    {head}: valid ppl {r['valid_ppl']:.1f}, {r['tokens_per_s']:,.0f} tok/s")
         else:
-            total.message(f"    {head}: {r.get('status')}: {r.get('error', '')}")
+            say(f"    {head}: {r.get('status')}: {r.get('error', '')}")
         total.advance(1)
         if not keep_checkpoints:  # keep config.json / metrics.json; drop the bulky files (made by this bench)
             for name in (CHECKPOINT, "vocab.json"):
