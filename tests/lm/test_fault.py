@@ -21,7 +21,7 @@ from bigsoftmax import cli
 
 WORDS = [f"w{i}" for i in range(60)]
 ARGS = ["--d-model", "16", "--batch-size", "4", "--seq-len", "8", "--lr", "0.02", "--block-lines", "10",
-        "--head", "sampled", "--num-sampled", "16", "--max-tokens", "16K", "--eval-tokens", "200", "-q"]
+        "--head", "sampled", "--num-sampled", "16", "--max-tokens", "8K", "--eval-tokens", "200", "-q"]
 
 
 def _corpus(path: Path) -> Path:

@@ -154,6 +154,7 @@ def test_lock_held_by_a_live_process_refuses_and_a_dead_ones_lock_is_cleared(tmp
     assert "stale lock" in err and not (out / ".lock").exists()
 
 
+@pytest.mark.slow  # two interpreter start-ups; the lock refusal itself is covered by the live-pid test above
 def test_two_concurrent_trains_into_one_folder_one_fails_clearly(tmp_path, corpus):
     out = tmp_path / "race"
     cmd = [sys.executable, "-m", "bigsoftmax", "train", "--corpus", str(corpus), *MODEL, "--max-tokens", "2K",
