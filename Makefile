@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
-	$(BIN)/python -m pip install -q -c constraints.txt -e '.[dev,plot]'
+	$(BIN)/python -m pip install -q -c constraints.txt -e '.[dev,plot,transformers,lightning,tensorboard]'
 	touch $(STAMP)
 
 venv: $(STAMP)

@@ -95,6 +95,8 @@ def main(argv=None) -> int:
                    help="tie input/output embeddings where the head has a [V, d] matrix (default: untied for every "
                         "head, so all heads compare like for like: the tree/class/adaptive heads cannot tie)")
     p.add_argument("--out", default=str(REPO / "benchmarks" / "results" / "lm"))
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace the results of an earlier run under --out (refused otherwise)")
     p.add_argument("--report-only", action="store_true",
                    help="rebuild REPORT.md from the result folders already under --out")
     p.add_argument("--assemble", nargs="*", default=None, metavar="DIR=NOTE",
@@ -115,8 +117,9 @@ def main(argv=None) -> int:
               "--seq-len", a.seq_len, "--lr", a.lr, "--eval-tokens", a.eval_tokens, "--threads", "2", "-q"]
     if not a.dense:
         common.append("--sparse")
-    if not a.tie:
-        common.append("--no-tie")
+    common.append("--tie" if a.tie else "--no-tie")
+    if a.overwrite:
+        common.append("--overwrite")
     for corpus in a.corpora.split(","):
         if corpus == "brown" and not (Path(os.environ.get("BIGSOFTMAX_DATA", "/nonexistent")) / "brown.txt.xz").is_file():
             print(f"skipping brown: no brown.txt.xz in $BIGSOFTMAX_DATA ({os.environ.get('BIGSOFTMAX_DATA')})",

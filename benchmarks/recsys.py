@@ -7,7 +7,8 @@
 The same as ``bigsoftmax recsys bench``: for each data set, the popularity and item-kNN baselines
 and one model per (objective, logQ) setting (same model, seed, epochs, batch), evaluated exactly
 over the whole catalogue; writes ``benchmarks/results/recsys.md`` (+ ``.json``) and
-``benchmarks/results/recsys.png``. The data come from ``$BIGSOFTMAX_DATA`` (``ml-100k/``,
+``benchmarks/results/recsys.png`` (``--out`` / ``--plot`` to change; an existing file is replaced
+only with ``--overwrite``). The data come from ``$BIGSOFTMAX_DATA`` (``ml-100k/``,
 ``ml-latest-small.csv.xz``) or the cache; see ``docs/recsys.md``.
 """
 
@@ -20,5 +21,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
 from bigsoftmax.recsys.cli import main  # noqa: E402
 
+RESULTS = Path(__file__).resolve().parent / "results"
+
 if __name__ == "__main__":
-    sys.exit(main(["bench", *sys.argv[1:]]))
+    argv = sys.argv[1:]
+    if not any(a == "--out" or a.startswith("--out=") for a in argv):
+        argv += ["--out", str(RESULTS / "recsys.md")]
+    if not any(a == "--plot" or a.startswith("--plot=") for a in argv):
+        argv += ["--plot", str(RESULTS / "recsys.png")]
+    sys.exit(main(["bench", *argv]))

@@ -13,6 +13,7 @@ validation tokens. Every head keeps an untied input embedding (the tree / class 
 have no [V, d] matrix to tie, so all heads compare like for like) and sparse embedding gradients. Any bench flag can be appended, e.g. the same token budget for every head:
 
     python examples/demo.py --time-budget 1e9 --max-tokens 300K     # equal data instead of equal time
+    python examples/demo.py --overwrite                              # replace an earlier runs/demo
 """
 
 import sys

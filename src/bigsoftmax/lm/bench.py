@@ -1,5 +1,12 @@
 """``bigsoftmax bench``: every head trained with the same model, data, seed and budget.
 
+The default is like-for-like: no head ties its output matrix to the input embedding (the tree,
+class and adaptive heads have no ``[V, d]`` matrix to tie); ``--tie`` ties every head that can and
+the table's ``tied`` column says which did. The configuration is printed with the table, and a
+speed-up measured over fewer than ``MIN_SPEED_STEPS`` steps or ``MIN_SPEED_TIME_S`` seconds is
+flagged as not measurable (a warning, and ``*`` in the table). An output folder holding an earlier
+bench or run is refused unless ``overwrite``.
+
 For each head the run goes into ``<out>/runs/<head>/`` (by default in a fresh subprocess, so its
 peak resident memory is its own), then the exact valid perplexity, training tokens/s, time per
 epoch (``tokens_per_epoch / tokens_per_s``), peak RSS and the speed-up over the full softmax
@@ -22,7 +29,20 @@ from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Dict, List, Optional
 
-__all__ = ["resolve_heads", "run_bench", "format_table", "pareto_front", "plot_pareto"]
+__all__ = ["resolve_heads", "run_bench", "format_table", "pareto_front", "plot_pareto", "MIN_SPEED_STEPS",
+           "MIN_SPEED_TIME_S"]
+
+#: a speed measured over fewer steps / seconds (after warm-up) than these is flagged as not measurable
+MIN_SPEED_STEPS = 20
+MIN_SPEED_TIME_S = 2.0
+#: the files a bench writes in its --out folder
+BENCH_FILES = ("results.json", "results.md", "pareto.png")
+
+
+def too_short(r: Dict) -> bool:
+    """True when the run's speed was measured over too few steps or seconds to mean anything."""
+    return r.get("measured_steps", MIN_SPEED_STEPS) < MIN_SPEED_STEPS or \
+        r.get("measured_time_s", MIN_SPEED_TIME_S) < MIN_SPEED_TIME_S
 
 
 def resolve_heads(spec: str) -> List[str]:
@@ -75,10 +95,15 @@ def format_table(runs: List[Dict]) -> str:
             continue
         ratio = f"{r['valid_ppl'] / full['valid_ppl']:.3f}" if full else "n/a"
         speed = f"{r['tokens_per_s'] / full['tokens_per_s']:.1f}x" if full else "n/a"
+        if full and (too_short(r) or too_short(full)):
+            speed += "*"
         lines.append(
             f"| {r['head']} | {r['valid_ppl']:.1f} | {ratio} | {r['tokens_per_s']:,.0f} | {_fmt_s(r['epoch_time_s'])} "
             f"| {speed} | {r['peak_rss_mb']:,.0f} | {r['train_time_s']:.1f} s | {'yes' if r.get('tied') else 'no'} |"
         )
+    if any(r.get("status") == "finished" and too_short(r) for r in runs):
+        lines += ["", f"\\* run too short to measure a speed (fewer than {MIN_SPEED_STEPS} steps or "
+                      f"{MIN_SPEED_TIME_S:g} s after warm-up): the speed-up is not meaningful"]
     return "\n".join(lines)
 
 
@@ -148,13 +173,15 @@ def plot_pareto(runs: List[Dict], path: Path, title: str, fixed_time: bool = Fal
     return True
 
 
-def _run_isolated(cfg, run_dir: Path, threads: Optional[int]) -> Dict:
-    """Train one head in a fresh interpreter (``python -m bigsoftmax.bench --worker``)."""
+def _run_isolated(cfg, run_dir: Path, threads: Optional[int], tensorboard: bool = False) -> Dict:
+    """Train one head in a fresh interpreter (``python -m bigsoftmax.lm.bench --worker``)."""
     cfg_path = run_dir / "bench_config.json"
     cfg_path.write_text(json.dumps(asdict(cfg)), encoding="utf-8")
-    cmd = [sys.executable, "-m", "bigsoftmax.bench", "--worker", str(cfg_path), str(run_dir)]
+    cmd = [sys.executable, "-m", "bigsoftmax.lm.bench", "--worker", str(cfg_path), str(run_dir)]
     if threads:
         cmd += ["--threads", str(threads)]
+    if tensorboard:
+        cmd.append("--tensorboard")
     r = subprocess.run(cmd)
     return _collect(run_dir, r.returncode)
 
@@ -180,13 +207,14 @@ def _worker(argv: List[str]) -> int:
     p.add_argument("--worker", required=True)
     p.add_argument("run_dir")
     p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--tensorboard", action="store_true")
     a = p.parse_args(argv)
     if a.threads:
         torch.set_num_threads(a.threads)
     run_dir = Path(a.run_dir)
     try:
         cfg = TrainConfig.from_dict(json.loads(Path(a.worker).read_text(encoding="utf-8")))
-        res = Trainer(cfg, run_dir).run()
+        res = Trainer(cfg, run_dir, tensorboard=a.tensorboard).run()
         return 0 if res.get("status") == "finished" else 130
     except Exception as e:  # reported in the bench table, not a crash of the bench
         (run_dir / "error.txt").write_text(f"{type(e).__name__}: {e}\n", encoding="utf-8")
@@ -196,33 +224,49 @@ def _worker(argv: List[str]) -> int:
 
 
 def run_bench(cfg, heads: List[str], out: Path, isolate: bool = True, threads: Optional[int] = None,
-              keep_checkpoints: bool = False, log=None) -> Dict:
-    """Train ``heads`` with ``cfg`` (same everything but the head); write results.{json,md} and pareto.png."""
+              keep_checkpoints: bool = False, log=None, overwrite: bool = False, tensorboard: bool = False) -> Dict:
+    """Train ``heads`` with ``cfg`` (same everything but the head); write results.{json,md} and pareto.png.
+
+    Refuses (FileExistsError, before training anything) when ``out`` already holds a bench's
+    results or a non-empty ``runs/<head>`` folder, unless ``overwrite``. Returns ``setup``, ``runs``,
+    ``table``, ``config_lines`` (the configuration, printed with the table) and ``warnings``.
+    """
     import torch
 
+    from .._jobs import Progress, check_can_write, write_json_atomic, write_text_atomic
     from .data import load_corpus
     from .config import CHECKPOINT
     from .train import Trainer
 
     log = log or (lambda s: print(s, file=sys.stderr, flush=True))
     out = Path(out)
+    targets = [out / n for n in BENCH_FILES]
+    for head in heads:
+        run_dir = out / "runs" / head
+        if run_dir.is_dir() and any(run_dir.iterdir()):
+            targets.append(run_dir)
+        elif run_dir.exists() and not run_dir.is_dir():
+            targets.append(run_dir)
+    check_can_write(targets, overwrite)
     out.mkdir(parents=True, exist_ok=True)
     corpus = load_corpus(cfg.corpus, **cfg.corpus_kwargs())  # tokenise + cache once for all heads
     load_before = os.getloadavg() if hasattr(os, "getloadavg") else None
     started = time.time()
     runs: List[Dict] = []
+    total = Progress("bench", enabled=cfg.progress, unit="head", total=len(heads))
+    say = total.message if cfg.progress else log  # the per-head lines are printed even with --quiet
     for i, head in enumerate(heads):
         run_dir = out / "runs" / head
-        if run_dir.exists():
-            shutil.rmtree(run_dir)
-        run_dir.mkdir(parents=True)
+        if run_dir.exists() and overwrite:
+            shutil.rmtree(run_dir) if run_dir.is_dir() else run_dir.unlink()
+        run_dir.mkdir(parents=True, exist_ok=True)
         hcfg = replace(cfg, head=head)
-        log(f"[{i + 1}/{len(heads)}] {head}")
+        say(f"[{i + 1}/{len(heads)}] {head}")
         if isolate:
-            r = _run_isolated(hcfg, run_dir, threads)
+            r = _run_isolated(hcfg, run_dir, threads, tensorboard)
         else:
             try:
-                r = Trainer(hcfg, run_dir, corpus=corpus).run()
+                r = Trainer(hcfg, run_dir, corpus=corpus, tensorboard=tensorboard).run()
             except KeyboardInterrupt:
                 raise
             except Exception as e:
@@ -230,13 +274,15 @@ def run_bench(cfg, heads: List[str], out: Path, isolate: bool = True, threads: O
         r.setdefault("head", head)
         runs.append(r)
         if r.get("status") == "finished":
-            log(f"    {head}: valid ppl {r['valid_ppl']:.1f}, {r['tokens_per_s']:,.0f} tok/s")
+            say(f"    {head}: valid ppl {r['valid_ppl']:.1f}, {r['tokens_per_s']:,.0f} tok/s")
         else:
-            log(f"    {head}: {r.get('status')}: {r.get('error', '')}")
-        if not keep_checkpoints:  # keep config.json / metrics.json; drop the bulky files
+            say(f"    {head}: {r.get('status')}: {r.get('error', '')}")
+        total.advance(1)
+        if not keep_checkpoints:  # keep config.json / metrics.json; drop the bulky files (made by this bench)
             for name in (CHECKPOINT, "vocab.json"):
                 if (run_dir / name).exists():
                     (run_dir / name).unlink()
+    total.close()
     load_after = os.getloadavg() if hasattr(os, "getloadavg") else None
     table = format_table(runs)
     V = len(corpus.vocab)
@@ -277,9 +323,34 @@ def run_bench(cfg, heads: List[str], out: Path, isolate: bool = True, threads: O
     ]
     if plotted:
         md += ["![perplexity vs training time](pareto.png)", ""]
-    (out / "results.md").write_text("\n".join(md), encoding="utf-8")
-    result = {"setup": setup, "runs": runs, "table": table, "plot": plotted}
-    (out / "results.json").write_text(json.dumps(result, indent=1), encoding="utf-8")
+    tied = sorted(r["head"] for r in runs if r.get("tied"))
+    untied = sorted(r["head"] for r in runs if r.get("status") == "finished" and not r.get("tied"))
+    config_lines = [
+        f"bench configuration: corpus {corpus.name} (V={V:,}, {corpus.train.size:,} train tokens); {cfg.model} "
+        f"d={cfg.d_model} x{cfg.num_layers}, batch {cfg.batch_size}x{cfg.seq_len}, lr {cfg.lr:g}, seed {cfg.seed}; "
+        f"{budget}",
+        f"  sampling heads: S={setup['num_sampled']} ({cfg.sampler or 'default'} sampler)"
+        f"{', sparse' if cfg.sparse else ''}; tying: "
+        + ("none (like-for-like; --tie ties the heads that can)" if not cfg.tie else
+           f"--tie: tied {', '.join(tied) or 'none'}; untied (no [V, d] matrix) {', '.join(untied) or 'none'} — "
+           "not like-for-like"),
+    ]
+    warnings = []
+    short = [r["head"] for r in runs if r.get("status") == "finished" and too_short(r)]
+    if short:
+        warnings.append(f"run too short to measure a speed for {', '.join(short)} (fewer than {MIN_SPEED_STEPS} "
+                        f"steps or {MIN_SPEED_TIME_S:g} s after warm-up): its speed-up is not meaningful; give a "
+                        "larger --max-tokens")
+    if cfg.tie and untied and tied:
+        warnings.append("with --tie only some heads are tied; the comparison is not like-for-like")
+    setup["tie"] = cfg.tie
+    md[2:2] = [f"- tying: {config_lines[1].split('tying: ', 1)[1]}"]
+    if warnings:
+        md += [f"> warning: {w}" for w in warnings] + [""]
+    write_text_atomic("\n".join(md), out / "results.md")
+    result = {"setup": setup, "runs": runs, "table": table, "plot": plotted, "config_lines": config_lines,
+              "warnings": warnings}
+    write_json_atomic(result, out / "results.json")
     return result
 
 

@@ -17,10 +17,44 @@ from torch import nn
 from .models import build_lm
 from .registry import HeadOptions, build_head
 
-__all__ = ["CHECKPOINT", "CKPT_FORMAT", "TrainConfig", "build_model", "seed_generators"]
+__all__ = ["CHECKPOINT", "CKPT_FORMAT", "CKPT_REQUIRED", "RESUMABLE", "TrainConfig", "build_model",
+           "check_same_corpus", "flag_name", "seed_generators"]
 
 CHECKPOINT = "checkpoint.pt"
 CKPT_FORMAT = 1
+#: the entries a usable checkpoint has (a damaged one is refused with a one-line error naming the file)
+CKPT_REQUIRED = ("config", "vocab_size", "model", "optimizer", "rng", "state")
+
+#: the config fields ``--resume`` applies (budgets and bookkeeping); any other changed field is refused
+RESUMABLE = ("epochs", "max_tokens", "time_budget", "eval_tokens", "checkpoint_every", "progress")
+
+_FLAGS = {"max_size": "--max-vocab", "num_layers": "--layers", "num_heads": "--attn-heads", "progress": "--quiet",
+          "lowercase": "--no-lowercase", "tie": "--tie/--no-tie"}
+
+
+def flag_name(field_name: str) -> str:
+    """The ``bigsoftmax train`` flag that sets config field ``field_name`` (``d_model`` -> ``--d-model``)."""
+    return _FLAGS.get(field_name, "--" + field_name.replace("_", "-"))
+
+
+def check_same_corpus(ck: Dict, corpus, path, what: str, allow_flag: Optional[str] = None) -> bool:
+    """Compare the corpus-file fingerprint (sha256, size) saved in checkpoint ``ck`` with ``corpus``'s.
+
+    Raises ValueError naming the file, both digests and ``allow_flag`` (when given) if they differ.
+    Returns False when there is nothing to compare (a checkpoint from before fingerprints), else True.
+    """
+    saved = (ck.get("corpus_meta") or {}).get("fingerprint")
+    now = corpus.meta.get("fingerprint")
+    if not saved or not now:
+        return False
+    if saved.get("sha256") != now.get("sha256"):
+        src = corpus.meta.get("source", corpus.name)
+        hint = f"pass {allow_flag} to use it anyway with the run's vocabulary" if allow_flag else \
+            "restore the original file or start a new run"
+        raise ValueError(f"corpus file {str(src)!r} changed since the run in {str(path)!r} was trained "
+                         f"(sha256 {saved.get('sha256', '?')[:12]}…, {saved.get('bytes')} bytes then; "
+                         f"{now.get('sha256', '?')[:12]}…, {now.get('bytes')} bytes now); {what} refuses it: {hint}")
+    return True
 
 
 @dataclass

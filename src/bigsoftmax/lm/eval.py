@@ -90,33 +90,70 @@ def evaluate(model: nn.Module, stream: np.ndarray, batch_size: int = 16, seq_len
     return out
 
 
-def load_run(run_dir: Union[str, Path], corpus: Optional[Corpus] = None):
-    """Rebuild (model, corpus, cfg, checkpoint) from a ``bigsoftmax train`` output folder."""
-    from .config import CHECKPOINT, TrainConfig, build_model
+def _remap(corpus: Corpus, vocab) -> Corpus:
+    """``corpus`` re-expressed in ``vocab``'s ids (a type ``vocab`` lacks becomes its ``<unk>``)."""
+    if corpus.vocab == vocab:
+        return corpus
+    table = np.fromiter((vocab.stoi.get(t, vocab.unk_id) for t in corpus.vocab.itos), dtype=np.int64,
+                        count=len(corpus.vocab))
+    meta = dict(corpus.meta, remapped_to_run_vocab=True)
+    return Corpus(corpus.name, vocab, table[corpus.train].astype(np.int32), table[corpus.valid].astype(np.int32),
+                  table[corpus.test].astype(np.int32), meta)
+
+
+def load_run(run_dir: Union[str, Path], corpus: Optional[Corpus] = None, allow_corpus_change: bool = False):
+    """Rebuild (model, corpus, cfg, checkpoint) from a ``bigsoftmax train`` output folder.
+
+    The token ids are always the run's own: the corpus is re-encoded with the run's ``vocab.json``
+    (or the vocabulary saved in the checkpoint). A corpus file whose sha256 differs from the one
+    recorded at training time raises ValueError unless ``allow_corpus_change``; a damaged
+    checkpoint raises a one-line ValueError naming the file.
+    """
+    from .._jobs import load_checkpoint_file, load_state_checked
+    from .config import CHECKPOINT, CKPT_FORMAT, CKPT_REQUIRED, TrainConfig, build_model, check_same_corpus
+    from .data import Vocab
 
     run_dir = Path(run_dir)
     path = run_dir / CHECKPOINT
     if not path.is_file():
         raise FileNotFoundError(f"no checkpoint at {str(path)!r} (is {str(run_dir)!r} a `bigsoftmax train` --out folder?)")
-    ck = torch.load(path, map_location="cpu", weights_only=False)
-    cfg = TrainConfig.from_dict(ck["config"])
+    ck = load_checkpoint_file(path, "bigsoftmax train", CKPT_FORMAT, CKPT_REQUIRED)
+    try:
+        cfg = TrainConfig.from_dict(dict(ck["config"]))
+    except (TypeError, ValueError) as e:
+        raise ValueError(f"{str(path)!r} is not a usable bigsoftmax train checkpoint: bad config ({e})") from None
+    vocab_file = run_dir / "vocab.json"
+    try:
+        if vocab_file.is_file():
+            vocab = Vocab.from_json(vocab_file.read_text(encoding="utf-8"))
+        elif isinstance(ck.get("vocab"), str):
+            vocab = Vocab.from_json(ck["vocab"])
+        else:
+            raise FileNotFoundError(f"the run's vocabulary {str(vocab_file)!r} is missing; without it the token "
+                                    "ids of the checkpoint cannot be trusted")
+    except (ValueError, KeyError, TypeError) as e:
+        raise ValueError(f"the run's vocabulary {str(vocab_file)!r} is damaged ({e})") from None
+    if len(vocab) != ck["vocab_size"]:
+        raise ValueError(f"the run's vocabulary {str(vocab_file)!r} has {len(vocab)} types but the checkpoint "
+                         f"{str(path)!r} has {ck['vocab_size']}")
     if corpus is None:
         corpus = load_corpus(cfg.corpus, **cfg.corpus_kwargs())
-    if len(corpus.vocab) != ck["vocab_size"]:
-        raise ValueError(f"corpus vocabulary ({len(corpus.vocab)} types) does not match the checkpoint's "
-                         f"({ck['vocab_size']}); was the corpus file changed?")
-    model = build_model(cfg, corpus.counts, tokens=corpus.train)
-    model.load_state_dict(ck["model"])
+    if not allow_corpus_change:
+        check_same_corpus(ck, corpus, path, "eval", "--allow-corpus-change")
+    corpus = _remap(corpus, vocab)
+    model = build_model(cfg, vocab.counts, tokens=corpus.train)
+    load_state_checked(model, ck["model"], path)
     model.eval()
     return model, corpus, cfg, ck
 
 
 def evaluate_run(run_dir: Union[str, Path], split: str = "valid", max_tokens: Optional[int] = None,
-                 topk: Sequence[int] = (1, 5, 10), batch_size: int = 16, seq_len: Optional[int] = None) -> Dict:
-    """Exact perplexity and top-k accuracy of a saved run on ``split``."""
+                 topk: Sequence[int] = (1, 5, 10), batch_size: int = 16, seq_len: Optional[int] = None,
+                 allow_corpus_change: bool = False) -> Dict:
+    """Exact perplexity and top-k accuracy of a saved run on ``split`` (see :func:`load_run`)."""
     if split not in ("train", "valid", "test"):
         raise ValueError(f"split must be one of 'train', 'valid', 'test', got {split!r}")
-    model, corpus, cfg, ck = load_run(run_dir)
+    model, corpus, cfg, ck = load_run(run_dir, allow_corpus_change=allow_corpus_change)
     if seq_len is None:
         seq_len = max(cfg.seq_len, 64) if cfg.model == "lstm" else cfg.seq_len
     res = evaluate(model, corpus.split(split), batch_size=batch_size, seq_len=seq_len, max_tokens=max_tokens, topk=topk)

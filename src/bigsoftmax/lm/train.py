@@ -1,8 +1,13 @@
 """The language-model training loop behind ``bigsoftmax train``.
 
 One run = one output folder holding ``config.json``, ``vocab.json``, ``checkpoint.pt`` (rewritten
-atomically: ``torch.save`` to a temporary file, then ``os.replace``), ``metrics.json`` and
-``log.jsonl``. The checkpoint holds everything needed to continue bit-for-bit: model and
+atomically: ``torch.save`` to a temporary file, then ``os.replace``), ``metrics.json``,
+``metrics.jsonl`` (one JSON line per training step) and, with ``tensorboard=True``, TensorBoard
+event files under ``tensorboard/``. While a run trains, ``.lock`` (pid and host) keeps a second
+command out of the folder; a lock left by a dead process is cleared on the next start.
+A fresh run refuses a folder holding another run's files unless ``overwrite=True``; ``resume=True``
+continues the checkpoint only on the same corpus file (sha256 fingerprint) and vocabulary, applies
+the budget fields (``RESUMABLE``) and refuses any other changed field (see :meth:`Trainer.__init__`). The checkpoint holds everything needed to continue bit-for-bit: model and
 optimiser state, the data position (epoch, batch), the carried LSTM state, the torch RNG and every
 head/sampler ``torch.Generator``, the step counter, the per-step loss sequence and the training
 time spent. Ctrl-C (SIGINT) or SIGTERM stops the loop at the next step boundary, writes the
@@ -16,25 +21,58 @@ counting checkpoints and evaluation). At the end the exact validation perplexity
 
 from __future__ import annotations
 
+import json
+import os
 import signal
+import sys
 import threading
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Callable, Dict, List, Optional, Union
+from typing import Callable, Dict, Iterable, List, Optional, Union
 
 import numpy as np
 import torch
 
-from .._jobs import Progress, peak_rss_mb, save_atomic, write_json_atomic
-from .data import Corpus, batchify, iter_batches, load_corpus, num_batches, unigram_perplexity
-from .config import CHECKPOINT, CKPT_FORMAT, TrainConfig, _generators, build_model, seed_generators
+from .._jobs import (CLIError, Progress, RunLock, check_can_write, load_checkpoint_file, load_state_checked,
+                     peak_rss_mb, remove_stale_tmp, save_atomic, write_json_atomic, write_text_atomic)
+from .data import Corpus, Vocab, batchify, iter_batches, load_corpus, num_batches, unigram_perplexity
+from .config import (CHECKPOINT, CKPT_FORMAT, CKPT_REQUIRED, RESUMABLE, TrainConfig, _generators, build_model,
+                     check_same_corpus, flag_name, seed_generators)
 
 __all__ = ["TrainConfig", "Trainer", "train", "build_model", "save_atomic", "Progress", "peak_rss_mb",
            "CHECKPOINT", "seed_generators"]
 
 #: steps per process excluded from the tokens/s measurement (allocator / kernel warm-up)
 WARMUP_STEPS = 3
+
+#: the files a run writes in its folder; a fresh run refuses a folder holding any of them (unless overwrite)
+RUN_FILES = (CHECKPOINT, "metrics.json", "metrics.jsonl", "config.json", "vocab.json")
+HISTORY = "metrics.jsonl"
+TB_DIR = "tensorboard"
+
+
+def _read_history(path: Path, upto_step: int) -> List[str]:
+    """The complete lines of ``metrics.jsonl`` with ``step <= upto_step`` (a kill -9 may leave more, or half a line)."""
+    keep = []
+    if path.is_file():
+        for line in path.read_text(encoding="utf-8").splitlines():
+            try:
+                rec = json.loads(line)
+            except ValueError:
+                continue
+            if isinstance(rec, dict) and isinstance(rec.get("step"), int) and rec["step"] <= upto_step:
+                keep.append(line)
+    return keep
+
+
+def _summary_writer(folder: Path, purge_step: Optional[int]):
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:
+        raise CLIError("--tensorboard needs the tensorboard package: pip install 'bigsoftmax[tensorboard]' "
+                       "(or pip install tensorboard)") from None
+    return SummaryWriter(log_dir=str(folder), purge_step=purge_step)
 
 
 # ----------------------------------------------------------------------------- helpers
@@ -50,6 +88,7 @@ class RunState:
     train_time: float = 0.0
     meas_tokens: int = 0  # tokens/time of the steps after each process's first WARMUP_STEPS (throughput)
     meas_time: float = 0.0
+    meas_steps: int = 0
     losses: List[float] = field(default_factory=list)
     status: str = "running"
 
@@ -59,35 +98,83 @@ class Trainer:
 
     def __init__(self, cfg: TrainConfig, out: Union[str, Path], resume: bool = False,
                  on_step: Optional[Callable[["Trainer"], None]] = None, corpus: Optional[Corpus] = None,
-                 log: Optional[Callable[[str], None]] = None):
+                 log: Optional[Callable[[str], None]] = None, overwrite: bool = False,
+                 explicit: Optional[Iterable[str]] = None, tensorboard: bool = False):
+        """Set up a run of ``cfg`` in folder ``out`` (nothing is written before :meth:`run`).
+
+        Args:
+            resume: continue the checkpoint in ``out``. With ``explicit`` (the config fields the
+                user set, e.g. from the command line) a field in :data:`RESUMABLE` (budgets, eval
+                size, checkpoint interval, progress) is applied and any other field that differs from
+                the saved run raises ValueError naming it, old and new value. Without ``explicit``
+                the non-None budget fields of ``cfg`` are applied and the rest comes from the checkpoint.
+            overwrite: a fresh run may replace the files of an earlier run in ``out``.
+            tensorboard: also write TensorBoard event files to ``out/tensorboard``.
+        """
         self.out = Path(out)
         ckpt_path = self.out / CHECKPOINT
         self.ckpt = None
+        self.resume = resume
+        self.overwrite = overwrite
+        self.tensorboard = tensorboard
+        self.applied: Dict[str, tuple] = {}
         if resume:
             if not ckpt_path.is_file():
                 raise FileNotFoundError(f"cannot resume: no checkpoint at {str(ckpt_path)!r}")
-            self.ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=False)
-            if self.ckpt.get("format") != CKPT_FORMAT:
-                raise ValueError(f"checkpoint {str(ckpt_path)!r} has format {self.ckpt.get('format')!r}, "
-                                 f"expected {CKPT_FORMAT}")
-            saved = TrainConfig.from_dict(self.ckpt["config"])
-            # budgets and bookkeeping may be changed on resume; everything else comes from the checkpoint
-            for k in ("epochs", "max_tokens", "time_budget", "eval_tokens", "checkpoint_every", "progress"):
-                v = getattr(cfg, k)
-                if v is not None:
-                    setattr(saved, k, v)
+            self.ckpt = load_checkpoint_file(ckpt_path, "bigsoftmax train", CKPT_FORMAT, CKPT_REQUIRED)
+            self._ckpt_stat = (ckpt_path.stat().st_size, ckpt_path.stat().st_mtime_ns)
+            try:
+                saved = TrainConfig.from_dict(dict(self.ckpt["config"]))
+            except (TypeError, ValueError) as e:
+                raise ValueError(f"{str(ckpt_path)!r} is not a usable bigsoftmax train checkpoint: bad config ({e})") \
+                    from None
+            if explicit is None:
+                for k in RESUMABLE:
+                    v = getattr(cfg, k)
+                    if v is not None and v != getattr(saved, k):
+                        self.applied[k] = (getattr(saved, k), v)
+                        setattr(saved, k, v)
+            else:
+                conflicts = []
+                for k in sorted(set(explicit)):
+                    new, old = getattr(cfg, k), getattr(saved, k)
+                    if k in RESUMABLE:
+                        if new != old:
+                            self.applied[k] = (old, new)
+                            setattr(saved, k, new)
+                    elif new != old:
+                        conflicts.append(f"{flag_name(k)} (run: {old!r}, now: {new!r})")
+                if conflicts:
+                    raise ValueError(f"--resume cannot change {', '.join(conflicts)}: they define the run saved in "
+                                     f"{str(ckpt_path)!r}; drop them, or start a new run in another --out. "
+                                     f"On --resume only {', '.join(flag_name(k) for k in RESUMABLE)} may change")
             cfg = saved
-        elif ckpt_path.exists():
-            raise FileExistsError(f"{str(self.out)!r} already holds a run ({CHECKPOINT}); "
-                                  "pass --resume to continue it or choose another --out")
+        elif not overwrite:
+            if ckpt_path.exists():
+                raise FileExistsError(f"{str(self.out)!r} already holds a run ({CHECKPOINT}); pass --resume to "
+                                      "continue it, --overwrite to replace it, or choose another --out")
+            check_can_write([self.out / n for n in RUN_FILES], overwrite, "--overwrite (or --resume)")
         self.cfg = cfg.validate()
         self.on_step = on_step
         self.progress = Progress("train", enabled=cfg.progress)
         self._log = log or self.progress.message
+        # notices a user must see even with --quiet (stale lock / tmp files removed, flags applied on resume)
+        self._notice = log or (lambda text: print(text, file=sys.stderr, flush=True))
         self.corpus = corpus if corpus is not None else load_corpus(cfg.corpus, **cfg.corpus_kwargs())
         V = len(self.corpus.vocab)
-        if self.ckpt is not None and self.ckpt["vocab_size"] != V:
-            raise ValueError(f"checkpoint vocabulary has {self.ckpt['vocab_size']} types but the corpus now gives {V}")
+        if self.ckpt is not None:
+            check_same_corpus(self.ckpt, self.corpus, ckpt_path, "--resume")
+            vocab_file = self.out / "vocab.json"
+            if vocab_file.is_file():
+                try:
+                    run_vocab = Vocab.from_json(vocab_file.read_text(encoding="utf-8"))
+                except (ValueError, KeyError, TypeError) as e:
+                    raise ValueError(f"{str(vocab_file)!r} is damaged ({e})") from None
+                if run_vocab != self.corpus.vocab:
+                    raise ValueError(f"the corpus now gives another vocabulary than the run's {str(vocab_file)!r}; "
+                                     "--resume needs the corpus the run was trained on")
+            if self.ckpt["vocab_size"] != V:
+                raise ValueError(f"checkpoint vocabulary has {self.ckpt['vocab_size']} types but the corpus now gives {V}")
         self.model = build_model(cfg, self.corpus.counts, tokens=self.corpus.train)
         self.optimizer = self._make_optimizer()
         self.lanes = batchify(self.corpus.train, cfg.batch_size)
@@ -111,15 +198,18 @@ class Trainer:
         return split_params(self.model)[0]
 
     def _restore(self, ck: Dict) -> None:
-        self.model.load_state_dict(ck["model"])
-        self.optimizer.load_state_dict(ck["optimizer"])
+        path = self.out / CHECKPOINT
+        load_state_checked(self.model, ck["model"], path)
+        load_state_checked(self.optimizer, ck["optimizer"], path)
         torch.set_rng_state(ck["rng"]["torch"])
         gens = _generators(self.model)
         for name, st in ck["rng"]["generators"].items():
             if name in gens:
                 gens[name].set_state(st)
-        s = ck["state"]
-        self.state = RunState(**s)
+        try:
+            self.state = RunState(**ck["state"])
+        except TypeError as e:
+            raise ValueError(f"{str(path)!r} is not a usable bigsoftmax train checkpoint: bad run state ({e})") from None
         self.state.status = "running"
         self.rnn_state = ck.get("rnn_state")
 
@@ -130,6 +220,7 @@ class Trainer:
             "config": asdict(self.cfg),
             "vocab_size": len(self.corpus.vocab),
             "corpus_meta": {k: v for k, v in self.corpus.meta.items() if k != "cached"},
+            "vocab": self.corpus.vocab.to_json(),
             "model": self.model.state_dict(),
             "optimizer": self.optimizer.state_dict(),
             "rng": {"torch": torch.get_rng_state(),
@@ -209,10 +300,61 @@ class Trainer:
         return float(loss.detach())
 
     def run(self) -> Dict:
+        """Train under the folder's lock until a budget is reached or a stop signal; see the module docstring."""
+        lock = RunLock(self.out, log=self._notice)
+        lock.acquire()
+        try:
+            self._prepare_folder()
+            return self._run()
+        finally:
+            if self._tb is not None:
+                self._tb.close()
+                self._tb = None
+            if self._history is not None:
+                self._history.close()
+                self._history = None
+            lock.release()
+
+    _tb = None
+    _history = None
+
+    def _prepare_folder(self) -> None:
+        """Under the lock: re-check the folder (another command may have started meanwhile), clear our stale tmp files."""
+        ckpt_path = self.out / CHECKPOINT
+        if self.resume:
+            st = ckpt_path.stat() if ckpt_path.is_file() else None
+            if st is None or (st.st_size, st.st_mtime_ns) != self._ckpt_stat:
+                raise CLIError(f"{str(ckpt_path)!r} changed while this command was starting (another command "
+                               "ran in the folder); run --resume again")
+        elif not self.overwrite:
+            check_can_write([self.out / n for n in RUN_FILES], False, "--overwrite (or --resume)")
+        for name in (CHECKPOINT, "config.json", "metrics.json"):
+            for p in remove_stale_tmp(self.out, name):
+                self._notice(f"removed {str(p)!r}, left by an interrupted save")
+        write_json_atomic(asdict(self.cfg), self.out / "config.json")
+        write_text_atomic(self.corpus.vocab.to_json(), self.out / "vocab.json")
+        hist = self.out / HISTORY
+        keep = _read_history(hist, self.state.step) if self.resume else []
+        write_text_atomic("".join(line + "\n" for line in keep), hist)
+        self._history = open(hist, "a", encoding="utf-8")
+        if self.tensorboard:
+            self._tb = _summary_writer(self.out / TB_DIR, purge_step=self.state.step + 1 if self.resume else None)
+
+    def _record(self, loss: float, dt: float, tok_s: float) -> None:
+        s = self.state
+        rec = {"step": s.step, "epoch": s.epoch, "tokens": s.tokens, "loss": loss, "step_time_s": dt,
+               "train_time_s": s.train_time}
+        self._history.write(json.dumps(rec) + "\n")
+        self._history.flush()
+        if self._tb is not None:
+            self._tb.add_scalar("train/loss", loss, s.step)
+            self._tb.add_scalar("train/tokens_per_s", tok_s, s.step)
+
+    def _run(self) -> Dict:
         cfg = self.cfg
-        self.out.mkdir(parents=True, exist_ok=True)
-        write_json_atomic(asdict(cfg), self.out / "config.json")
-        (self.out / "vocab.json").write_text(self.corpus.vocab.to_json(), encoding="utf-8")
+        if self.applied:
+            self._notice("applied on --resume: " + ", ".join(f"{flag_name(k)} {a!r} -> {b!r}"
+                                                          for k, (a, b) in self.applied.items()))
         self._dense = self._dense_params()
         self.model.train()
         old = self._install_signals()
@@ -244,6 +386,7 @@ class Trainer:
                 if s.step - resumed_from > WARMUP_STEPS:
                     s.meas_tokens += int(y.numel())
                     s.meas_time += dt
+                    s.meas_steps += 1
                 s.losses.append(loss)
                 tok_window.append((y.numel(), dt))
                 if len(tok_window) > 50:
@@ -251,6 +394,7 @@ class Trainer:
                 tok_s = sum(n for n, _ in tok_window) / max(sum(t for _, t in tok_window), 1e-9)
                 frac, eta = self._fraction_and_eta(tok_s)
                 avg = float(np.mean(s.losses[-50:]))
+                self._record(loss, dt, tok_s)
                 self.progress.update(frac, s.tokens, tok_s, avg, eta)
                 if self.on_step is not None:
                     self.on_step(self)
@@ -307,7 +451,13 @@ class Trainer:
             "unigram_ppl": unigram_perplexity(self.corpus, "valid"),
             "peak_rss_mb": peak,
             "resumed_from_step": resumed_from,
+            "measured_steps": s.meas_steps,
+            "measured_time_s": s.meas_time,
         }
+        if self._tb is not None:
+            self._tb.add_scalar("valid/ppl", ev["ppl"], s.step)
+            self._tb.add_scalar("valid/nll", ev["nll"], s.step)
+            self._tb.flush()
         write_json_atomic(metrics, self.out / "metrics.json")
         self._log(f"valid perplexity {metrics['valid_ppl']:.2f} (exact, {ev['tokens']} tokens; unigram "
                   f"{metrics['unigram_ppl']:.1f}); {tok_s:,.0f} train tokens/s")

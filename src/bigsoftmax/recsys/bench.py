@@ -9,6 +9,7 @@ test split (and on the validation split, reported in the JSON). Writes a Markdow
 from __future__ import annotations
 
 import json
+import os
 import platform
 import time
 from dataclasses import asdict, replace
@@ -17,6 +18,7 @@ from typing import Callable, Dict, List, Optional, Sequence
 
 import torch
 
+from .._jobs import write_json_atomic, write_text_atomic
 from .baselines import evaluate_baseline
 from .data import load_dataset
 from .eval import evaluate
@@ -204,8 +206,10 @@ def plot_results(res: Dict, path: Path) -> Optional[Path]:
     fig.tight_layout()
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
+    tmp = path.with_name(path.name + ".tmp.png")
+    fig.savefig(tmp, dpi=110)
     plt.close(fig)
+    os.replace(tmp, path)
     return path
 
 
@@ -214,8 +218,8 @@ def write_results(res: Dict, md_path: Path, plot_path: Optional[Path], command: 
     table = format_table(res, command)
     md_path = Path(md_path)
     md_path.parent.mkdir(parents=True, exist_ok=True)
-    md_path.write_text(table, encoding="utf-8")
-    md_path.with_suffix(".json").write_text(json.dumps(res, indent=1), encoding="utf-8")
+    write_text_atomic(table, md_path)
+    write_json_atomic(res, md_path.with_suffix(".json"))
     if plot_path is not None:
         plot_results(res, plot_path)
     return table

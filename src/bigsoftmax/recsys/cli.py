@@ -4,7 +4,7 @@
     bigsoftmax recsys train --data ml-latest-small --objective sampled --sampler unigram --alpha 0.75 --no-logq
     bigsoftmax recsys eval --data ml-100k --checkpoint runs/tt.pt          # or --baseline popularity|item-knn
     bigsoftmax recsys recommend --data ml-100k --checkpoint runs/tt.pt --user 196 -k 10
-    bigsoftmax recsys bench --data ml-100k ml-latest-small --out benchmarks/results/recsys.md
+    bigsoftmax recsys bench --data ml-100k ml-latest-small --out runs/recsys-bench/recsys.md
 
 ``--data`` takes ``ml-100k``, ``ml-latest-small`` or a path (RecBole atomic folder / ``.inter`` file
 / CSV with user_id,item_id,timestamp); named sets are looked up in ``$BIGSOFTMAX_DATA`` and the
@@ -12,7 +12,8 @@ cache (ml-100k is fetched from PyPI when missing, unless ``--offline``).
 
 The main ``bigsoftmax`` CLI calls :func:`register` to add the ``recsys`` group; :func:`main` runs
 the group on its own (``python -m bigsoftmax.recsys.cli train ...``). Exit codes: 0 success, 1
-runtime failure or missing data, 2 bad usage or input.
+runtime failure or missing data, 2 bad usage or input (a damaged checkpoint, an output file that
+already exists without ``--overwrite``, ...).
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ import sys
 from pathlib import Path
 from typing import Optional, Sequence
 
+from .._jobs import check_can_write
 from .._jobs import pos_float as _pos_float, pos_int as _pos_int
 
 __all__ = ["register", "main", "build_parser"]
@@ -138,12 +140,15 @@ def cmd_train(args) -> int:
 
     _setup(args)
     cfg = _config(args)
+    if args.save:
+        check_can_write([args.save], args.overwrite)  # before training, not after
     data = _load(args)
     print(data.summary(), file=sys.stderr)
     model, info = train(data, cfg)
     res = {"data": data.name, "objective": cfg.label(), "train": info,
            "valid": evaluate(model, data, "valid", cfg.max_history), "test": evaluate(model, data, "test", cfg.max_history)}
     if args.save:
+        check_can_write([args.save], args.overwrite)  # another command may have written it meanwhile
         save_checkpoint(args.save, model, cfg, data, info)
     if args.json:
         print(json.dumps(res, indent=1))
@@ -210,7 +215,12 @@ def cmd_recommend(args) -> int:
             return sc.masked_fill(seen[s0:s1][None, :], torch.finfo(sc.dtype).min)
 
         _, top = chunked_topk(chunk, data.num_items, 1, k, 4096, vec.device, vec.dtype)
-    print(" ".join(data.decode_items(top[0])))
+    ids = data.decode_items(top[0])
+    if data.item_titles:  # one item per line with its title, where the data has titles
+        for raw in ids:
+            print(f"{raw}\t{data.item_titles.get(raw, '')}".rstrip())
+    else:
+        print(" ".join(ids))
     return 0
 
 
@@ -220,6 +230,8 @@ def cmd_bench(args) -> int:
     _setup(args)
     base = _config(args, objective="in-batch", epochs=args.epochs if not args.quick else 1, progress=False)
     objectives = None if args.objectives in (None, "all") else [o.strip() for o in args.objectives.split(",")]
+    out = Path(args.out)
+    check_can_write([out, out.with_suffix(".json")] + ([Path(args.plot)] if args.plot else []), args.overwrite)
     res = run_bench(args.data, base, objectives, log=lambda s: print(s, file=sys.stderr, flush=True),
                     allow_fetch=not args.offline)
     table = write_results(res, Path(args.out), Path(args.plot) if args.plot else None, _bench_command(args, base))
@@ -259,7 +271,8 @@ def _add_commands(sub) -> None:
                                    "Recall@{10,50,100}, NDCG@10, HitRate@10 on the validation and test splits.")
     _add_data(p)
     _add_train_args(p)
-    p.add_argument("--save", default=None, help="write a checkpoint here")
+    p.add_argument("--save", default=None, help="write a checkpoint here (refused if the file exists)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing --save file")
     p.add_argument("--json", action="store_true", help="print the results as JSON")
     p.set_defaults(func=cmd_train)
 
@@ -271,7 +284,8 @@ def _add_commands(sub) -> None:
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_eval)
 
-    p = sub.add_parser("recommend", help="top-k items for one user of the data set (raw ids)")
+    p = sub.add_parser("recommend", help="top-k items for one user of the data set (raw ids, with titles "
+                                         "where the data has them)")
     _add_data(p)
     p.add_argument("--checkpoint", required=True)
     p.add_argument("--user", required=True, help="raw user id as in the ratings file")
@@ -287,8 +301,11 @@ def _add_commands(sub) -> None:
     _add_train_args(p, objective=False)
     p.add_argument("--objectives", default="all", help=f"comma-separated subset of {objs} or 'all'")
     p.add_argument("--quick", action="store_true", help="1 epoch per run (smoke test)")
-    p.add_argument("--out", default="benchmarks/results/recsys.md", help="Markdown table (JSON written beside it)")
-    p.add_argument("--plot", default="benchmarks/results/recsys.png", help="bar plot PNG ('' to skip)")
+    p.add_argument("--out", default="runs/recsys-bench/recsys.md",
+                   help="Markdown table (JSON written beside it; default: runs/recsys-bench/recsys.md)")
+    p.add_argument("--plot", default="runs/recsys-bench/recsys.png",
+                   help="bar plot PNG ('' to skip; default: runs/recsys-bench/recsys.png)")
+    p.add_argument("--overwrite", action="store_true", help="replace the files of an earlier bench")
     p.set_defaults(func=cmd_bench)
 
 

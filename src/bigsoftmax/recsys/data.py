@@ -181,6 +181,22 @@ class RawInteractions:
     user_features: Dict[str, Dict[str, str]] = field(default_factory=dict)
     item_features: Dict[str, Dict[str, List[str]]] = field(default_factory=dict)
     source: str = ""
+    item_titles: Dict[str, str] = field(default_factory=dict)  # raw item id -> title, where the data has one
+
+
+#: column names that hold an item's human-readable title
+TITLE_COLUMNS = ("title", "movie_title", "name")
+
+
+def _titles(table: Dict[str, Dict[str, object]]) -> Dict[str, str]:
+    out = {}
+    for raw, rec in table.items():
+        for c in TITLE_COLUMNS:
+            v = rec.get(c)
+            if v:
+                out[raw] = " ".join(v) if isinstance(v, list) else str(v)
+                break
+    return out
 
 
 def _col(names: Sequence[str], wanted: Sequence[str]) -> Optional[int]:
@@ -264,7 +280,9 @@ def _read_csv(path: Path):
                          f"expected at least user_id,item_id,timestamp (comma-separated)")
     iu, ii, it = _required(path, header, "comma-separated CSV; userId/movieId are accepted too")
     ig = _col(header, ("genres",))
+    ititle = _col(header, ("title",))
     users, items, ts, genres = [], [], [], {}
+    titles: Dict[str, str] = {}
     for k, f in enumerate(reader, start=2):
         if not f or (len(f) == 1 and not f[0].strip()):
             continue
@@ -276,10 +294,12 @@ def _read_csv(path: Path):
         users.append(u)
         items.append(i)
         ts.append(_parse_time(f[it].strip(), path, k))
+        if ititle is not None and f[ititle].strip():
+            titles.setdefault(i, f[ititle].strip())
         if ig is not None and i not in genres:
             g = [t for t in f[ig].split("|") if t.strip() and t.strip() != "(no genres listed)"]
             genres[i] = {"genres": g}
-    return users, items, np.asarray(ts, dtype=np.float64), genres
+    return users, items, np.asarray(ts, dtype=np.float64), genres, titles
 
 
 def _read_feature_table(path: Path, id_name: str, multi: bool) -> Dict[str, Dict[str, object]]:
@@ -308,6 +328,7 @@ def read_interactions(path: PathLike) -> RawInteractions:
     p = Path(path)
     user_feats: Dict = {}
     item_feats: Dict = {}
+    titles: Dict[str, str] = {}
     if p.is_dir():
         inters = sorted(p.glob("*.inter"))
         if len(inters) != 1:
@@ -319,15 +340,17 @@ def read_interactions(path: PathLike) -> RawInteractions:
             user_feats = _read_feature_table(uf[0], "user_id", multi=False)
         if itf:
             item_feats = _read_feature_table(itf[0], "item_id", multi=True)
+            titles = _titles(item_feats)
     else:
         suffixes = [s.lower() for s in p.suffixes]
         if ".inter" in suffixes:
             users, items, ts = _read_inter_atomic(p)
         else:
-            users, items, ts, item_feats = _read_csv(p)
+            users, items, ts, item_feats, titles = _read_csv(p)
     if not users:
         raise ValueError(f"{p}: malformed ratings file: no interactions (only a header)")
-    return RawInteractions(np.asarray(users, dtype=str), np.asarray(items, dtype=str), ts, user_feats, item_feats, str(p))
+    return RawInteractions(np.asarray(users, dtype=str), np.asarray(items, dtype=str), ts, user_feats, item_feats, str(p),
+                           titles)
 
 
 # ============================================================================ the data set
@@ -392,6 +415,7 @@ class RecsysData:
     user_feature_sizes: List[int]
     item_features: Optional[Tensor]
     item_feature_names: List[str]
+    item_titles: Dict[str, str] = field(default_factory=dict)  # raw item id -> title (may be empty)
     _user_index: Dict[str, int] = field(default_factory=dict, repr=False)
     _item_index: Dict[str, int] = field(default_factory=dict, repr=False)
 
@@ -572,6 +596,7 @@ def build_dataset(raw: RawInteractions, name: str = "", max_feature_values: int 
 
     uf, uf_names, uf_sizes = _user_feature_codes(raw.user_features, user_ids, max_feature_values)
     itf, itf_names = _item_feature_matrix(raw.item_features, item_ids, max_feature_values)
+    known_items = set(item_ids.tolist())
     return RecsysData(
         name=name or Path(raw.source).name.split(".")[0] or "data",
         user_ids=user_ids,
@@ -586,6 +611,7 @@ def build_dataset(raw: RawInteractions, name: str = "", max_feature_values: int 
         user_feature_sizes=uf_sizes,
         item_features=itf,
         item_feature_names=itf_names,
+        item_titles={k: v for k, v in raw.item_titles.items() if k in known_items},
         _user_index={k: i for i, k in enumerate(user_ids.tolist())},
         _item_index={k: i for i, k in enumerate(item_ids.tolist())},
     )

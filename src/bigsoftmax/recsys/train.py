@@ -17,7 +17,7 @@ from typing import Callable, Dict, List, Optional, Tuple, Union
 
 import torch
 
-from .._jobs import Progress, save_atomic
+from .._jobs import Progress, load_checkpoint_file, load_state_checked, save_atomic
 from .model import TwoTower
 from ..optim import make_optimizer
 from .data import RecsysData
@@ -210,17 +210,18 @@ def save_checkpoint(path: Union[str, Path], model: TwoTower, cfg: RecsysConfig, 
 def load_checkpoint(path: Union[str, Path], data: RecsysData) -> Tuple[TwoTower, RecsysConfig, Dict]:
     """Rebuild the model saved by :func:`save_checkpoint` for ``data`` (must be the same data set)."""
     p = Path(path)
-    if not p.is_file():
-        raise FileNotFoundError(f"checkpoint not found: {str(p)!r}")
-    ck = torch.load(p, map_location="cpu", weights_only=False)
-    if not isinstance(ck, dict) or ck.get("format") != CKPT_FORMAT:
-        raise ValueError(f"{str(p)!r} is not a bigsoftmax recsys checkpoint (format {CKPT_FORMAT!r})")
+    ck = load_checkpoint_file(p, "bigsoftmax recsys", CKPT_FORMAT, ("config", "model", "data"))
+    if not isinstance(ck["data"], dict) or "fingerprint" not in ck["data"]:
+        raise ValueError(f"{str(p)!r} is not a usable bigsoftmax recsys checkpoint: no data fingerprint")
     if ck["data"]["fingerprint"] != data.fingerprint():
-        raise ValueError(f"checkpoint {str(p)!r} was trained on data set {ck['data']['name']!r} "
-                         f"({ck['data']['num_items']} items, fingerprint {ck['data']['fingerprint']}); the given data "
-                         f"{data.name!r} ({data.num_items} items, fingerprint {data.fingerprint()}) differs")
-    cfg = RecsysConfig.from_dict(ck["config"])
+        raise ValueError(f"checkpoint {str(p)!r} was trained on data set {ck['data'].get('name')!r} "
+                         f"({ck['data'].get('num_items')} items, fingerprint {ck['data']['fingerprint']}); the given "
+                         f"data {data.name!r} ({data.num_items} items, fingerprint {data.fingerprint()}) differs")
+    try:
+        cfg = RecsysConfig.from_dict(dict(ck["config"]))
+    except (TypeError, ValueError) as e:
+        raise ValueError(f"{str(p)!r} is not a usable bigsoftmax recsys checkpoint: bad config ({e})") from None
     model = build_model(data, cfg)
-    model.load_state_dict(ck["model"])
+    load_state_checked(model, ck["model"], p)
     model.eval()
     return model, cfg, ck.get("info", {})

@@ -29,6 +29,7 @@ from typing import Dict, List, Optional, Union
 
 import numpy as np
 
+from ..._jobs import file_fingerprint
 from .recipes import cache_dir as default_cache_dir
 from .recipes import resolve_corpus
 from .text import DEFAULT_PATTERN, Tokenizer, Vocab, read_text
@@ -227,6 +228,7 @@ def load_corpus(
             try:
                 vocab, arrays, meta = _read_cache(dest)
                 meta["cached"] = True
+                meta["fingerprint"] = file_fingerprint(path)
                 return Corpus(name, vocab, arrays["train"], arrays["valid"], arrays["test"], meta)
             except (OSError, ValueError, KeyError):
                 pass  # unreadable entry: rebuild it below
@@ -237,6 +239,7 @@ def load_corpus(
         except OSError:
             pass  # a read-only cache dir must not stop training
     meta["cached"] = False
+    meta["fingerprint"] = file_fingerprint(path)
     return Corpus(name, vocab, arrays["train"], arrays["valid"], arrays["test"], meta)
 
 
