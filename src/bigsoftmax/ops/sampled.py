@@ -36,6 +36,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from .._validate import check_not_meta
+
 Weights = Union[Tensor, Sequence[Tensor]]
 SampledValues = Tuple[Tensor, Tensor, Tensor]
 
@@ -59,17 +61,7 @@ __all__ = [
 
 
 # ----------------------------------------------------------------------------- validation
-def check_not_meta(**tensors) -> None:
-    """ValueError naming the first tensor that lives on the ``meta`` device (it holds no values)."""
-    for name, t in tensors.items():
-        if isinstance(t, Tensor) and t.device.type == "meta":
-            raise ValueError(f"{name} is on the meta device, which holds no values; move it to a real device (cpu, cuda)")
-        if isinstance(t, (list, tuple)):
-            for i, s in enumerate(t):
-                if isinstance(s, Tensor) and s.device.type == "meta":
-                    raise ValueError(f"{name}[{i}] is on the meta device, which holds no values; move it to a real device (cpu, cuda)")
-
-
+# check_not_meta lives in bigsoftmax._validate (shared with the heads); re-exported here.
 def num_classes_of(weights: Weights) -> int:
     """Number of rows of a [V, d] tensor or of a list of row shards."""
     if isinstance(weights, Tensor):
