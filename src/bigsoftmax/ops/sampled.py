@@ -76,7 +76,8 @@ def check_weights(weights: Weights, biases: Optional[Weights], num_classes: int,
         raise TypeError("weights must be a [num_classes, d] tensor or a non-empty list of [rows_i, d] tensor shards")
     for w in shards:
         if w.dim() != 2 or w.shape[1] != d:
-            raise ValueError(f"weights must be [num_classes, d={d}] (or shards [rows_i, {d}]), got a shard of shape {tuple(w.shape)}")
+            raise ValueError(f"weights must be [num_classes, d={d}] (or shards [rows_i, {d}]; d is the width of "
+                             f"inputs [batch, d]), got a shard of shape {tuple(w.shape)}")
     check_not_meta(weights=shards, biases=biases)
     V = num_classes_of(weights)
     if V != num_classes:
