@@ -52,6 +52,8 @@ def check_target(target: Tensor, num_classes: int, ignore_index: Optional[int] =
         raise TypeError(f"{name} must be a torch.Tensor of int64 class ids, got {type(target).__name__}")
     if target.dtype.is_floating_point or target.dtype.is_complex or target.dtype == torch.bool:
         raise TypeError(f"{name} must hold integer class ids (int64), got dtype {target.dtype}")
+    if target.device.type == "meta":
+        raise _meta_error(name)
     if target.numel() == 0:
         return
     t = target

@@ -121,7 +121,6 @@ class Head(nn.Module):
         h = self._flat_hidden(hidden)
         if not isinstance(target, Tensor):
             raise TypeError(f"target must be a torch.Tensor of int64 class ids, got {type(target).__name__}")
-        check_not_meta(target=target)
         if tuple(target.shape) != tuple(hidden.shape[:-1]):
             raise ValueError(
                 f"target shape {tuple(target.shape)} must equal hidden's leading shape {tuple(hidden.shape[:-1])}"
