@@ -190,3 +190,22 @@ def test_meta_device_is_a_clear_error_for_every_entry_point(name, where):
         for what, call in calls.items():
             with pytest.raises(ValueError, match="meta device"):
                 call()
+
+
+@pytest.mark.parametrize("name", sorted(MAKERS))
+@pytest.mark.parametrize("reduction", ["sum", "none"])
+def test_all_ignored_batch_backpropagates_zero_gradients(name, reduction):
+    """A batch of padding only: ``loss.sum().backward()`` gives zero gradients as with torch's
+    losses (found by the property suite: ``reduction='none'`` returned zeros cut off the graph, so
+    backward() raised "element 0 of tensors does not require grad")."""
+    head = _make(name)
+    head.reduction = reduction
+    h = torch.randn(4, D, dtype=torch.float64, requires_grad=True)
+    y = torch.full((4,), -100)
+    for mode in (head.train, head.eval):
+        mode()
+        h.grad = None
+        loss = head(h, y)
+        assert bool((loss == 0).all())
+        loss.sum().backward()
+        assert h.grad is not None and bool((h.grad == 0).all())
