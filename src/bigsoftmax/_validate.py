@@ -24,6 +24,8 @@ __all__ = [
     "check_class_weight",
     "check_int",
     "check_real",
+    "check_not_meta",
+    "check_module_not_meta",
 ]
 
 #: the reductions of ``nn.CrossEntropyLoss``
@@ -50,6 +52,8 @@ def check_target(target: Tensor, num_classes: int, ignore_index: Optional[int] =
         raise TypeError(f"{name} must be a torch.Tensor of int64 class ids, got {type(target).__name__}")
     if target.dtype.is_floating_point or target.dtype.is_complex or target.dtype == torch.bool:
         raise TypeError(f"{name} must hold integer class ids (int64), got dtype {target.dtype}")
+    if target.device.type == "meta":
+        raise _meta_error(name)
     if target.numel() == 0:
         return
     t = target
@@ -121,3 +125,33 @@ def check_real(name: str, v, lo: float, hi: float = math.inf, lo_open: bool = Fa
         rng = f"{'(' if lo_open else '['}{lo:g}, {hi:g}{')' if hi_open else ']'}"
         raise ValueError(f"{name} must be a finite number in {rng}, got {v!r}")
     return v
+
+
+def _meta_error(name: str) -> ValueError:
+    return ValueError(f"{name} is on the meta device, which holds no values; move it to a real device (cpu, cuda)")
+
+
+def check_not_meta(**tensors) -> None:
+    """ValueError naming the first tensor (or list/tuple entry) that lives on the ``meta`` device.
+
+    A meta tensor has a shape but no values: a loss computed from one is either an error from deep
+    inside torch or, mixed with real tensors, uninitialised memory — never a number to trust.
+    """
+    for name, t in tensors.items():
+        if isinstance(t, Tensor) and t.device.type == "meta":
+            raise _meta_error(name)
+        if isinstance(t, (list, tuple)):
+            for i, s in enumerate(t):
+                if isinstance(s, Tensor) and s.device.type == "meta":
+                    raise _meta_error(f"{name}[{i}]")
+
+
+def check_module_not_meta(module: torch.nn.Module, what: str) -> None:
+    """ValueError naming the first parameter or buffer of ``module`` on the ``meta`` device
+    (e.g. a head built under ``torch.device('meta')`` and never materialised with ``to_empty``)."""
+    for kind, named in (("parameter", module.named_parameters()), ("buffer", module.named_buffers())):
+        for pname, t in named:
+            if t is not None and t.device.type == "meta":
+                raise ValueError(f"{what} {kind} {pname!r} is on the meta device, which holds no values; "
+                                 f"materialise the module on a real device first (module.to_empty(device=...) "
+                                 f"and load its weights)")

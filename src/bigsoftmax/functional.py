@@ -264,7 +264,7 @@ def compute_accidental_hits(true_classes: Tensor, sampled_candidates: Tensor, nu
     if not isinstance(true_classes, Tensor):
         raise TypeError(f"true_classes must be an int64 tensor [batch, num_true], got {type(true_classes).__name__}")
     _check_not_meta(true_classes=true_classes, sampled_candidates=sampled_candidates)
-    labels = _check_labels(true_classes, num_true, true_classes.shape[0], torch.iinfo(torch.int64).max)
+    labels = _check_labels(true_classes, num_true, true_classes.shape[0], torch.iinfo(torch.int64).max, name="true_classes")
     rows, cols = _hit_pairs(labels, sampled_candidates.long())
     key = rows * max(1, sampled_candidates.shape[0]) + cols
     order = torch.argsort(key)

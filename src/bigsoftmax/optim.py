@@ -17,6 +17,8 @@ from typing import Dict, Iterable, List, Tuple
 import torch
 from torch import nn
 
+from ._validate import check_real
+
 __all__ = ["split_params", "make_optimizer", "CombinedOptimizer"]
 
 _DENSE = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW, "sgd": torch.optim.SGD, "adagrad": torch.optim.Adagrad}
@@ -31,6 +33,8 @@ def split_params(model: nn.Module) -> Tuple[List[nn.Parameter], List[nn.Paramete
     by a sparse and a dense user (e.g. a tied embedding whose input lookup is dense) gets dense
     gradients and counts as dense.
     """
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
     sparse_ids = set()
     for m in model.modules():
         if isinstance(m, (nn.Embedding, nn.EmbeddingBag)) and m.sparse:
@@ -119,8 +123,9 @@ def make_optimizer(
         raise ValueError(f"dense must be one of {sorted(_DENSE)}, got {dense!r}")
     if sparse not in _SPARSE:
         raise ValueError(f"sparse must be one of {sorted(_SPARSE)}, got {sparse!r}")
-    if not lr > 0:
-        raise ValueError(f"lr must be > 0, got {lr!r}")
+    check_real("lr", lr, 0.0, lo_open=True)  # lr must be a finite number > 0
+    if sparse_lr is not None:
+        check_real("sparse_lr", sparse_lr, 0.0, lo_open=True)
     dense_p, sparse_p = split_params(model)
     parts = []
     if dense_p:

@@ -46,7 +46,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .ops import sampled as BF
-from ._validate import check_reduction
+from ._validate import check_not_meta, check_reduction
 from .ops.reduce import reduce_loss
 
 __all__ = ["in_batch_softmax_loss", "mixed_negatives_loss", "InBatchSoftmax", "MixedNegativeSoftmax"]
@@ -60,6 +60,7 @@ def _check_float_matrix(x, name: str) -> None:
         raise TypeError(f"{name} must be a torch.Tensor, got {type(x).__name__}")
     if not x.dtype.is_floating_point:
         raise TypeError(f"{name} must be a floating-point tensor, got dtype {x.dtype}")
+    check_not_meta(**{name: x})
     if x.dim() != 2:
         raise ValueError(f"{name} must be 2-D, got shape {tuple(x.shape)}")
 
@@ -70,6 +71,7 @@ def _check_ids(ids, n: Optional[int], name: str, num_items: Optional[int] = None
         raise TypeError(f"{name} must be a torch.Tensor of int64 ids, got {type(ids).__name__}")
     if ids.dtype.is_floating_point or ids.dtype.is_complex or ids.dtype == torch.bool:
         raise TypeError(f"{name} must hold integer ids (int64), got dtype {ids.dtype}")
+    check_not_meta(**{name: ids})
     if ids.dim() != 1 or (n is not None and ids.shape[0] != n):
         raise ValueError(f"{name} must have shape [{n if n is not None else 'n'}], got {tuple(ids.shape)}")
     if num_items is not None and ids.numel():

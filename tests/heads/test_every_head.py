@@ -151,3 +151,61 @@ def _with_kwargs(name, **kw):
         "SoftSoftmax": lambda: H.SoftSoftmax(D, V, **kw),
     }
     return src[name]()
+
+
+@pytest.mark.parametrize("name", sorted(MAKERS))
+def test_empty_batch_gives_empty_results(name):
+    """Issue 14 item 13: tree heads' ``topk`` / ``log_prob`` on an empty batch raised
+    "torch.cat(): expected a non-empty list" from inside torch."""
+    head = _make(name).eval()
+    h = torch.randn(0, D, dtype=torch.float64)
+    v, i = head.topk(h, 3)
+    assert v.shape == (0, 3) and i.shape == (0, 3) and i.dtype == torch.long
+    assert head.log_prob(h).shape == (0, V)
+    assert head.target_log_prob(h, torch.zeros(0, dtype=torch.long)).shape == (0,)
+    head.reduction = "sum"
+    assert float(head(h, torch.zeros(0, dtype=torch.long))) == 0.0
+    v, i = head.topk(torch.randn(2, 0, D, dtype=torch.float64), 2)
+    assert v.shape == (2, 0, 2)
+
+
+@pytest.mark.parametrize("name", sorted(MAKERS))
+@pytest.mark.parametrize("where", ["hidden", "target", "head"])
+def test_meta_device_is_a_clear_error_for_every_entry_point(name, where):
+    """Issue 14 item 13: a meta tensor (or a head whose parameters are on meta) raised from deep
+    inside torch — or, for a meta head with real hidden states, returned uninitialised numbers."""
+    head = _make(name)
+    h, y = _data()
+    if where == "hidden":
+        h = h.to("meta")
+    elif where == "target":
+        y = y.to("meta")
+    else:
+        head = head.to("meta")
+    calls = {"forward": lambda: head(h, y), "target_log_prob": lambda: head.target_log_prob(h, y)}
+    if where != "target":
+        calls.update(log_prob=lambda: head.log_prob(h), topk=lambda: head.topk(h, 2))
+    for mode in (head.train, head.eval):
+        mode()
+        for what, call in calls.items():
+            with pytest.raises(ValueError, match="meta device"):
+                call()
+
+
+@pytest.mark.parametrize("name", sorted(MAKERS))
+@pytest.mark.parametrize("reduction", ["sum", "none"])
+def test_all_ignored_batch_backpropagates_zero_gradients(name, reduction):
+    """A batch of padding only: ``loss.sum().backward()`` gives zero gradients as with torch's
+    losses (found by the property suite: ``reduction='none'`` returned zeros cut off the graph, so
+    backward() raised "element 0 of tensors does not require grad")."""
+    head = _make(name)
+    head.reduction = reduction
+    h = torch.randn(4, D, dtype=torch.float64, requires_grad=True)
+    y = torch.full((4,), -100)
+    for mode in (head.train, head.eval):
+        mode()
+        h.grad = None
+        loss = head(h, y)
+        assert bool((loss == 0).all())
+        loss.sum().backward()
+        assert h.grad is not None and bool((h.grad == 0).all())

@@ -33,7 +33,7 @@ from typing import Optional, Tuple
 import torch
 from torch import Tensor, nn
 
-from .._validate import check_ignore_index, check_reduction, check_target
+from .._validate import check_ignore_index, check_module_not_meta, check_not_meta, check_reduction, check_target
 from ..ops.lse import linear_logsumexp
 from ..ops.reduce import reduce_loss
 
@@ -107,6 +107,8 @@ class Head(nn.Module):
             raise TypeError(f"hidden must be a torch.Tensor, got {type(hidden).__name__}")
         if not hidden.dtype.is_floating_point:
             raise TypeError(f"hidden must be a floating-point tensor, got dtype {hidden.dtype}")
+        check_not_meta(hidden=hidden)  # issue 14 item 13: meta tensors hold no values
+        check_module_not_meta(self, type(self).__name__)
         if hidden.dim() < 1 or hidden.shape[-1] != self.in_features:
             raise ValueError(
                 f"hidden must have shape [..., {self.in_features}] (in_features), got {tuple(hidden.shape)}"

@@ -293,7 +293,7 @@ class TreeSoftmax(Head):
     def _log_prob(self, h: Tensor) -> Tensor:
         """Exact [N, V] log-probabilities, level by level, in row chunks of about 8M slot scores."""
         step = max(1, _DENSE_ELEMS // max(1, self.tree.num_slots))
-        parts = [self._log_prob_rows(h[a:a + step]) for a in range(0, h.shape[0], step)]
+        parts = [self._log_prob_rows(h[a:a + step]) for a in range(0, max(1, h.shape[0]), step)]  # one pass when empty
         return parts[0] if len(parts) == 1 else torch.cat(parts)
 
     def _log_prob_rows(self, h: Tensor) -> Tensor:
@@ -416,7 +416,7 @@ class TreeSoftmax(Head):
     @torch.no_grad()
     def _topk(self, h: Tensor, k: int) -> Tuple[Tensor, Tensor]:
         vals, ids = [], []
-        for a in range(0, h.shape[0], self.topk_rows):
+        for a in range(0, max(1, h.shape[0]), self.topk_rows):  # an empty batch still makes one (empty) pass
             v, i = self._topk_rows(h[a:a + self.topk_rows], k)
             vals.append(v)
             ids.append(i)

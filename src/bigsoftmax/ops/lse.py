@@ -54,7 +54,7 @@ from torch.autograd.function import once_differentiable
 
 from .._validate import (
     check_chunk_size, check_class_weight, check_float_tensor, check_ignore_index, check_label_smoothing,
-    check_reduction, check_target,
+    check_not_meta, check_reduction, check_target,
 )
 from .reduce import reduce_loss
 
@@ -583,6 +583,7 @@ class _LinearCrossEntropy(torch.autograd.Function):
 def _check_linear(input: Tensor, weight: Tensor, bias: Optional[Tensor]) -> None:
     check_float_tensor(input, "input", "of shape [..., d]")
     check_float_tensor(weight, "weight", "of shape [V, d]")
+    check_not_meta(input=input, weight=weight, bias=bias)
     if weight.dim() != 2:
         raise ValueError(f"weight must have shape [V, d] (2-D), got {tuple(weight.shape)}")
     V, d = weight.shape

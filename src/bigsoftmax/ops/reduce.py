@@ -52,7 +52,9 @@ def reduce_loss(per_example: Tensor, keep: Optional[Tensor], shape, reduction: s
         if keep is None or per_example.shape[0] == keep.shape[0]:
             return per_example.reshape(shape)
         out = per_example.new_zeros(keep.shape[0])
-        out = out.masked_scatter(keep, per_example) if per_example.numel() else out
+        # an all-ignored batch still returns a result connected to the graph (backward() gives zero
+        # gradients, as torch's losses do, instead of "does not require grad")
+        out = out.masked_scatter(keep, per_example) if per_example.numel() or per_example.requires_grad else out
         return out.reshape(shape)
     acc = torch.promote_types(per_example.dtype, torch.float32)
     total = per_example.to(acc).sum()

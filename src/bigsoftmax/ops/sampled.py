@@ -36,6 +36,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from .._validate import check_not_meta
+
 Weights = Union[Tensor, Sequence[Tensor]]
 SampledValues = Tuple[Tensor, Tensor, Tensor]
 
@@ -59,17 +61,7 @@ __all__ = [
 
 
 # ----------------------------------------------------------------------------- validation
-def check_not_meta(**tensors) -> None:
-    """ValueError naming the first tensor that lives on the ``meta`` device (it holds no values)."""
-    for name, t in tensors.items():
-        if isinstance(t, Tensor) and t.device.type == "meta":
-            raise ValueError(f"{name} is on the meta device, which holds no values; move it to a real device (cpu, cuda)")
-        if isinstance(t, (list, tuple)):
-            for i, s in enumerate(t):
-                if isinstance(s, Tensor) and s.device.type == "meta":
-                    raise ValueError(f"{name}[{i}] is on the meta device, which holds no values; move it to a real device (cpu, cuda)")
-
-
+# check_not_meta lives in bigsoftmax._validate (shared with the heads); re-exported here.
 def num_classes_of(weights: Weights) -> int:
     """Number of rows of a [V, d] tensor or of a list of row shards."""
     if isinstance(weights, Tensor):
@@ -84,7 +76,8 @@ def check_weights(weights: Weights, biases: Optional[Weights], num_classes: int,
         raise TypeError("weights must be a [num_classes, d] tensor or a non-empty list of [rows_i, d] tensor shards")
     for w in shards:
         if w.dim() != 2 or w.shape[1] != d:
-            raise ValueError(f"weights must be [num_classes, d={d}] (or shards [rows_i, {d}]), got a shard of shape {tuple(w.shape)}")
+            raise ValueError(f"weights must be [num_classes, d={d}] (or shards [rows_i, {d}]; d is the width of "
+                             f"inputs [batch, d]), got a shard of shape {tuple(w.shape)}")
     check_not_meta(weights=shards, biases=biases)
     V = num_classes_of(weights)
     if V != num_classes:
@@ -95,27 +88,27 @@ def check_weights(weights: Weights, biases: Optional[Weights], num_classes: int,
             raise ValueError(f"biases must be 1-D with {V} entries in total (one per class), got shapes {[tuple(b.shape) for b in bshards]}")
 
 
-def check_labels(labels: Tensor, num_true: int, batch: int, num_classes: int) -> Tensor:
-    """Return labels as int64 [B, num_true]; accept [B] when num_true == 1."""
+def check_labels(labels: Tensor, num_true: int, batch: int, num_classes: int, name: str = "labels") -> Tensor:
+    """Return labels as int64 [B, num_true]; accept [B] when num_true == 1 (``name``: the argument's name)."""
     if not isinstance(labels, Tensor):
-        raise TypeError(f"labels must be an int64 tensor of shape [batch, num_true], got {type(labels).__name__}")
+        raise TypeError(f"{name} must be an int64 tensor of shape [batch, num_true], got {type(labels).__name__}")
     if labels.dtype.is_floating_point or labels.dtype == torch.bool or labels.dtype.is_complex:
-        raise TypeError(f"labels must hold integer class ids (int64), got dtype {labels.dtype}")
-    check_not_meta(labels=labels)
+        raise TypeError(f"{name} must hold integer class ids (int64), got dtype {labels.dtype}")
+    check_not_meta(**{name: labels})
     if not isinstance(num_true, int) or num_true < 1:
         raise ValueError(f"num_true must be an int >= 1, got {num_true!r}")
     if labels.dim() == 1 and num_true == 1:
         labels = labels[:, None]
     if labels.dim() != 2 or labels.shape[1] != num_true or labels.shape[0] != batch:
         raise ValueError(
-            f"labels must have shape [batch={batch}, num_true={num_true}]"
+            f"{name} must have shape [batch={batch}, num_true={num_true}]"
             + (" (or [batch] when num_true=1)" if num_true == 1 else "")
             + f", got {tuple(labels.shape)}"
         )
     if labels.numel():
         lo, hi = int(labels.min()), int(labels.max())
         if lo < 0 or hi >= num_classes:
-            raise ValueError(f"labels contain class id {lo if lo < 0 else hi}, outside the allowed range [0, {num_classes})")
+            raise ValueError(f"{name} contain class id {lo if lo < 0 else hi}, outside the allowed range [0, {num_classes})")
     return labels.long()
 
 
