@@ -50,7 +50,7 @@ from .._validate import check_real as _check_float
 from ..ops.lse import linear_cross_entropy, linear_logsumexp
 from ..ops.reduce import reduce_loss
 from .base import Head, LinearEvalMixin
-from .sampled import draw_candidates
+from ._candidates import CandidateMixin, build_sampler, seeded_generator
 
 __all__ = [
     "chebyshev_cos",
@@ -301,7 +301,7 @@ def _init_weight(weight: Optional[Tensor], num_classes: int, in_features: int) -
     return w
 
 
-class MarginHead(LinearEvalMixin, Head):
+class MarginHead(CandidateMixin, LinearEvalMixin, Head):
     """Base of the angular/additive margin heads (see the module docstring for the formulas).
 
     Parameters: ``weight [V, d]`` (class centres; no bias, as in all four papers). Subclasses set
@@ -374,32 +374,16 @@ class MarginHead(LinearEvalMixin, Head):
             if sampler is not None or sparse:
                 raise ValueError("sampler= and sparse=True need num_sampled (sampled training); got num_sampled=None")
         else:
-            self.sampler = self._make_sampler(sampler, num_classes, num_sampled)
+            from .. import samplers as S
+
+            self.sampler = build_sampler(sampler, num_classes, num_sampled, lambda v: S.Uniform(v, unique=True))
             if self.include_batch_positives and not self.remove_accidental_hits:
                 raise ValueError("include_batch_positives=True needs remove_accidental_hits=True "
                                  "(else each example's own positive would also count as a negative)")
             if self.include_batch_positives and self.subtract_log_q:
                 raise ValueError("subtract_log_q=True needs include_batch_positives=False: the added batch positives "
                                  "have no proposal probability Q")
-        self.generator = torch.Generator()
-        self.generator.manual_seed(int(seed) if seed is not None else int(torch.randint(0, 2**62, (1,))))
-
-    @staticmethod
-    def _make_sampler(sampler, num_classes: int, num_sampled: int):
-        from .. import samplers as S
-
-        if sampler is None:
-            sampler = S.Uniform(num_classes, unique=True)
-        if not hasattr(sampler, "sample") or not hasattr(sampler, "range_max"):
-            raise TypeError(f"sampler must be a bigsoftmax.samplers sampler (with .sample and .range_max), "
-                            f"got {type(sampler).__name__}")
-        if sampler.range_max != num_classes:
-            raise ValueError(f"sampler.range_max={sampler.range_max} must equal num_classes={num_classes}")
-        limit = getattr(sampler, "num_valid", num_classes)
-        if getattr(sampler, "unique", False) and num_sampled > limit:
-            raise ValueError(f"num_sampled={num_sampled} exceeds the {limit} classes the unique sampler can draw; "
-                             f"use num_sampled in [1, {limit}]")
-        return sampler
+        self.generator = seeded_generator(seed)
 
     # ----------------------------------------------------------------- what subclasses define
     @property
@@ -453,10 +437,6 @@ class MarginHead(LinearEvalMixin, Head):
             return margin_softmax_loss(h, self.weight, y, fn, scale=self.scale, normalize_features=self.normalize_features,
                                        normalize_weights=self.normalize_weights, eps=self.eps, chunk=self.eval_chunk)
         return self._sampled_loss(h, y, fn)
-
-    def draw(self, labels: Tensor):
-        """Draw ``num_sampled`` candidates for labels [N, 1] with ``self.generator`` (see :func:`draw_candidates`)."""
-        return draw_candidates(self.sampler, labels, self.num_sampled, self.generator, update=self.training)
 
     def candidates(self, y: Tensor, sampled_values=None):
         """The step's candidate set ``(ids [S'], true_expected [N, 1], sampled_expected [S'])``.

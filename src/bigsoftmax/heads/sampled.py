@@ -15,12 +15,13 @@ import torch
 from torch import Tensor, nn
 
 from ..ops import sampled as ops
+from ._candidates import CandidateMixin, build_sampler, draw_candidates, seeded_generator
 from .base import Head, LinearEvalMixin, check_target, reduce_loss
 
 __all__ = ["SampledSoftmax", "SamplingHead", "draw_candidates"]
 
 
-class SamplingHead(LinearEvalMixin, Head):
+class SamplingHead(CandidateMixin, LinearEvalMixin, Head):
     """Common state of the heads trained on sampled candidates (sampled softmax, NCE, …).
 
     Parameters: ``weight [V, d]`` (row c is class c's output embedding: the ``nn.Embedding`` /
@@ -86,17 +87,7 @@ class SamplingHead(LinearEvalMixin, Head):
             raise ValueError(f"num_true must be an int >= 1, got {num_true!r}")
         from .. import samplers as S
 
-        if sampler is None:
-            sampler = S.LogUniform(num_classes, unique=True)
-        if not hasattr(sampler, "sample") or not hasattr(sampler, "range_max"):
-            raise TypeError(f"sampler must be a bigsoftmax.samplers sampler (with .sample and .range_max), got {type(sampler).__name__}")
-        if sampler.range_max != num_classes:
-            raise ValueError(f"sampler.range_max={sampler.range_max} must equal num_classes={num_classes}")
-        if getattr(sampler, "unique", False) and num_sampled > _support_size(sampler):
-            raise ValueError(
-                f"num_sampled={num_sampled} exceeds the {_support_size(sampler)} classes the unique sampler can draw; "
-                f"use num_sampled in [1, {_support_size(sampler)}] or a sampler with unique=False"
-            )
+        sampler = build_sampler(sampler, num_classes, num_sampled, lambda v: S.LogUniform(v, unique=True))
         self.num_sampled = num_sampled
         self.num_true = num_true
         self.remove_accidental_hits = bool(remove_accidental_hits)
@@ -110,8 +101,7 @@ class SamplingHead(LinearEvalMixin, Head):
             self.weight = nn.Parameter(torch.empty(num_classes, in_features))
             nn.init.normal_(self.weight, std=1.0 / math.sqrt(in_features))
         self.bias = nn.Parameter(torch.zeros(num_classes)) if bias else None
-        self.generator = torch.Generator()
-        self.generator.manual_seed(int(seed) if seed is not None else int(torch.randint(0, 2**62, (1,))))
+        self.generator = seeded_generator(seed)
 
     # ----------------------------------------------------------------- protocol plumbing
     def eval_weight(self) -> Tensor:
@@ -200,10 +190,6 @@ class SamplingHead(LinearEvalMixin, Head):
         check_target(context[:0], self.num_classes, None, name="context")  # dtype only; range after dropping ignored rows
         return context.reshape(-1).long()
 
-    def draw(self, labels: Tensor, context: Optional[Tensor] = None):
-        """Draw ``num_sampled`` candidates for labels [N, num_true] (see :func:`draw_candidates`)."""
-        return draw_candidates(self.sampler, labels, self.num_sampled, self.generator, update=self.training, context=context)
-
     def _sampled_loss(self, h: Tensor, y: Tensor, sampled_values, context=None) -> Tensor:  # pragma: no cover - abstract
         raise NotImplementedError
 
@@ -233,27 +219,6 @@ def _check_per_row(sampled_values, batch: int):
         if (t.dim() == 2 or name == "true_expected_count") and (t.dim() == 0 or t.shape[0] != batch):
             raise ValueError(f"sampled_values: {name} must have {batch} rows (one per target row), got shape {tuple(t.shape)}")
     return tuple(sampled_values)
-
-
-def draw_candidates(sampler, labels: Tensor, num_sampled: int, generator: torch.Generator, update: bool = True,
-                    context: Optional[Tensor] = None):
-    """Draw ``num_sampled`` candidates for labels [N, num_true]; then, as TF does, let a learned
-    sampler count this batch's labels (so they shape the next draws, not this one).
-
-    A context-dependent sampler (``sampler.context_dependent``) gets ``context`` [N] and returns
-    per-example candidates ``[N, S]``."""
-    if getattr(sampler, "context_dependent", False):
-        out = sampler.sample(labels, num_sampled, generator=generator, context=context)
-    else:
-        out = sampler.sample(labels, num_sampled, generator=generator)
-    if update and hasattr(sampler, "update"):
-        sampler.update(labels)
-    return out
-
-
-def _support_size(sampler) -> int:
-    """Number of classes a sampler can draw (ids with nonzero probability)."""
-    return int(getattr(sampler, "num_valid", sampler.range_max))
 
 
 class SampledSoftmax(SamplingHead):
