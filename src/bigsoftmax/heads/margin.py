@@ -51,6 +51,7 @@ from ..ops.lse import linear_cross_entropy, linear_logsumexp
 from ..ops.reduce import reduce_loss
 from .base import Head, LinearEvalMixin
 from ._candidates import CandidateMixin, build_sampler, seeded_generator
+from ._init import init_class_rows, tie_class_rows
 
 __all__ = [
     "chebyshev_cos",
@@ -287,17 +288,9 @@ class LambdaSchedule:
 # ============================================================================ shared module plumbing
 def _init_weight(weight: Optional[Tensor], num_classes: int, in_features: int) -> nn.Parameter:
     if weight is not None:
-        if not isinstance(weight, Tensor):
-            raise TypeError(f"weight must be a [num_classes, in_features] tensor/Parameter, got {type(weight).__name__}")
-        if tuple(weight.shape) != (num_classes, in_features):
-            raise ValueError(
-                f"weight must have shape [num_classes={num_classes}, in_features={in_features}], got {tuple(weight.shape)}"
-            )
-        if not weight.dtype.is_floating_point:
-            raise TypeError(f"weight must be floating point, got dtype {weight.dtype}")
-        return weight if isinstance(weight, nn.Parameter) else nn.Parameter(weight)
+        return tie_class_rows(weight, num_classes, in_features, plain_tensor="wrap")
     w = nn.Parameter(torch.empty(num_classes, in_features))
-    nn.init.normal_(w, std=1.0 / math.sqrt(in_features))
+    init_class_rows(w)  # the default scheme: N(0, 1/d), isotropic class centres
     return w
 
 

@@ -8,7 +8,6 @@ example. Heads with context-free samplers keep the two-argument protocol.
 
 from __future__ import annotations
 
-import math
 from typing import Optional
 
 import torch
@@ -16,6 +15,7 @@ from torch import Tensor, nn
 
 from ..ops import sampled as ops
 from ._candidates import CandidateMixin, build_sampler, draw_candidates, seeded_generator
+from ._init import init_class_rows, tie_class_rows
 from .base import Head, LinearEvalMixin, check_target, reduce_loss
 
 __all__ = ["SampledSoftmax", "SamplingHead", "draw_candidates"]
@@ -94,12 +94,10 @@ class SamplingHead(CandidateMixin, LinearEvalMixin, Head):
         self.sparse = bool(sparse)
         self.sampler = sampler
         if weight is not None:
-            if tuple(weight.shape) != (num_classes, in_features):
-                raise ValueError(f"weight must have shape [num_classes={num_classes}, in_features={in_features}], got {tuple(weight.shape)}")
-            self.weight = weight
+            self.weight = tie_class_rows(weight, num_classes, in_features, plain_tensor="keep")
         else:
             self.weight = nn.Parameter(torch.empty(num_classes, in_features))
-            nn.init.normal_(self.weight, std=1.0 / math.sqrt(in_features))
+            init_class_rows(self.weight)  # the default scheme: N(0, 1/d)
         self.bias = nn.Parameter(torch.zeros(num_classes)) if bias else None
         self.generator = seeded_generator(seed)
 

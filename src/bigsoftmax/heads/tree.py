@@ -53,6 +53,7 @@ from ..ops.tree import acc_dtype as _acc
 from ..ops.tree import gather_scores as _gather_scores
 from ..ops.tree import grouped_scores as _grouped_scores
 from ..ops.tree import mask_value as _neg
+from ._init import init_class_rows
 from .base import Head
 
 __all__ = ["TreeSoftmax", "HierarchicalSoftmax", "ClassBasedSoftmax", "segment_log_softmax"]
@@ -202,9 +203,7 @@ class TreeSoftmax(Head):
         return plan
 
     def reset_parameters(self) -> None:
-        nn.init.normal_(self.weight, std=1.0 / math.sqrt(self.in_features))
-        if self.bias is not None:
-            nn.init.zeros_(self.bias)
+        init_class_rows(self.weight, self.bias)  # the default scheme: N(0, 1/d), bias 0
 
     def sparse_parameters(self):
         """Parameters that receive sparse gradients (for :mod:`bigsoftmax.optim`)."""
