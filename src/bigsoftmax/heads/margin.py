@@ -52,6 +52,7 @@ from ..ops.reduce import reduce_loss
 from .base import Head, LinearEvalMixin
 from ._candidates import CandidateMixin, build_sampler, seeded_generator
 from ._init import init_class_rows, tie_class_rows
+from .._validate import check_scale as _check_scale
 
 __all__ = [
     "chebyshev_cos",
@@ -489,10 +490,6 @@ class MarginHead(CandidateMixin, LinearEvalMixin, Head):
             sampled_values = (sampled_values[0], sampled_values[1][keep], sampled_values[2])
         per = self._sampled_loss(h, y, self._step_margin(), sampled_values)
         return reduce_loss(per, keep, target.shape, self.reduction)
-
-
-def _check_scale(s) -> float:
-    return _check_float("s", s, 0.0, lo_open=True)
 
 
 class _AnnealedMixin:

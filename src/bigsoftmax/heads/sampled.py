@@ -17,6 +17,8 @@ from ..ops import sampled as ops
 from ._candidates import CandidateMixin, build_sampler, draw_candidates, seeded_generator
 from ._init import init_class_rows, tie_class_rows
 from .base import Head, LinearEvalMixin, check_target, reduce_loss
+from .._validate import check_choice, check_int
+from .._validate import check_per_row_values as _check_per_row
 
 __all__ = ["SampledSoftmax", "SamplingHead", "draw_candidates"]
 
@@ -78,13 +80,9 @@ class SamplingHead(CandidateMixin, LinearEvalMixin, Head):
         gather: str = "unique",
     ):
         super().__init__(in_features, num_classes, ignore_index, reduction)
-        if gather not in ops.GATHER_MODES:
-            raise ValueError(f"gather must be one of {ops.GATHER_MODES}, got {gather!r}")
-        self.gather = gather
-        if not isinstance(num_sampled, int) or isinstance(num_sampled, bool) or num_sampled < 1:
-            raise ValueError(f"num_sampled must be an int >= 1, got {num_sampled!r}")
-        if not isinstance(num_true, int) or isinstance(num_true, bool) or num_true < 1:
-            raise ValueError(f"num_true must be an int >= 1, got {num_true!r}")
+        self.gather = check_choice("gather", gather, ops.GATHER_MODES)
+        check_int("num_sampled", num_sampled, 1)
+        check_int("num_true", num_true, 1)
         from .. import samplers as S
 
         sampler = build_sampler(sampler, num_classes, num_sampled, lambda v: S.LogUniform(v, unique=True))
@@ -205,18 +203,6 @@ class SamplingHead(CandidateMixin, LinearEvalMixin, Head):
 
     def _loss(self, h, y):  # exact NLL for the eval-mode forward
         return -self._target_log_prob(h, y)
-
-
-def _check_per_row(sampled_values, batch: int):
-    """Refuse per-example ``sampled_values`` whose rows disagree with the batch before any row is selected."""
-    if not (isinstance(sampled_values, (tuple, list)) and len(sampled_values) == 3
-            and all(isinstance(t, Tensor) for t in sampled_values)):
-        raise TypeError("sampled_values must be a tuple of three tensors (sampled_candidates, true_expected_count, "
-                        "sampled_expected_count)")
-    for name, t in zip(("sampled_candidates", "true_expected_count", "sampled_expected_count"), sampled_values):
-        if (t.dim() == 2 or name == "true_expected_count") and (t.dim() == 0 or t.shape[0] != batch):
-            raise ValueError(f"sampled_values: {name} must have {batch} rows (one per target row), got shape {tuple(t.shape)}")
-    return tuple(sampled_values)
 
 
 class SampledSoftmax(SamplingHead):

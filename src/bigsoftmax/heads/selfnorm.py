@@ -32,18 +32,13 @@ from ..ops.lse import linear_logsumexp
 from ..ops.reduce import reduce_loss
 from ._init import init_class_rows, tie_class_rows
 from .base import Head, LinearEvalMixin
+from .._validate import check_alpha as _check_alpha
 
 __all__ = [
     "SelfNormalizedSoftmax",
     "self_normalized_softmax_loss",
     "SelfNormalizationReport",
 ]
-
-
-def _check_alpha(alpha) -> float:
-    if isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or not (math.isfinite(alpha) and alpha >= 0):
-        raise ValueError(f"alpha must be a finite number >= 0, got {alpha!r}")
-    return float(alpha)
 
 
 def self_normalized_softmax_loss(

@@ -36,6 +36,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from .._validate import check_choice
+
 Weights = Union[Tensor, Sequence[Tensor]]
 SampledValues = Tuple[Tensor, Tensor, Tensor]
 
@@ -165,12 +167,6 @@ def check_sampled_values(sampled_values, labels: Tensor, num_sampled: Optional[i
     if samp_exp.numel() and not bool((samp_exp > 0).all()):
         raise ValueError("sampled_expected_count must be > 0 for every sampled candidate")
     return sampled.long(), true_exp, samp_exp
-
-
-def _check_gather(gather: str) -> str:
-    if gather not in GATHER_MODES:
-        raise ValueError(f"gather must be one of {GATHER_MODES}, got {gather!r}")
-    return gather
 
 
 # ----------------------------------------------------------------------------- gathering rows
@@ -379,7 +375,7 @@ def sampled_logits_parts(
     if not isinstance(inputs, Tensor) or inputs.dim() != 2:
         raise ValueError(f"inputs must be a [batch, d] tensor, got {tuple(inputs.shape) if isinstance(inputs, Tensor) else type(inputs).__name__}")
     check_not_meta(inputs=inputs)
-    gather = _check_gather(gather)
+    gather = check_choice("gather", gather, GATHER_MODES)
     B, d = inputs.shape
     V = num_classes_of(weights)
     if isinstance(labels, Tensor) and labels.dim() == 1:
@@ -594,7 +590,7 @@ def fused_sampled_softmax(
     Shape:
         - output: ``(B)``.
     """
-    gather = _check_gather(gather)
+    gather = check_choice("gather", gather, GATHER_MODES)
     if labels.dim() == 1:
         labels = labels[:, None]
     acc = inputs.dtype

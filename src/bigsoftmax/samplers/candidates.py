@@ -38,13 +38,19 @@ from __future__ import annotations
 
 import math
 import numbers
-import operator
 import os
 from collections import namedtuple
 from typing import Callable, Optional, Sequence, Tuple, Union
 
 import torch
 from torch import Tensor, nn
+
+from .._validate import check_bool as _check_bool
+from .._validate import check_class_ids as _check_ids
+from .._validate import check_generator as _check_generator
+from .._validate import check_int_strict as _check_int
+from .._validate import check_tf_range_max as _check_tf_range_max
+from .._validate import check_true_classes as _check_true_classes
 
 __all__ = [
     "CandidateSamples",
@@ -78,83 +84,8 @@ CandidateSamples = namedtuple(
 
 
 # --------------------------------------------------------------------------------------------
-# argument checks
+# seeding (the argument checks live in bigsoftmax._validate)
 # --------------------------------------------------------------------------------------------
-def _check_int(name: str, value, lo: int, hi: Optional[int] = None) -> int:
-    """``value`` as a Python int in [lo, hi]; TypeError for non-integers (bools and floats too)."""
-    if isinstance(value, bool) or isinstance(value, float):
-        raise TypeError(f"{name} must be an int, got {type(value).__name__} {value!r}")
-    if isinstance(value, Tensor):
-        if value.numel() != 1 or value.dtype.is_floating_point or value.dtype == torch.bool:
-            raise TypeError(f"{name} must be an int, got a tensor of shape {tuple(value.shape)} and dtype {value.dtype}")
-        value = int(value.item())
-    try:
-        v = operator.index(value)
-    except TypeError:
-        raise TypeError(f"{name} must be an int, got {type(value).__name__} {value!r}") from None
-    if v < lo or (hi is not None and v > hi):
-        rng = f"[{lo}, {hi}]" if hi is not None else f">= {lo}"
-        raise ValueError(f"{name} must be an int {rng}, got {v}")
-    return v
-
-
-def _check_bool(name: str, value) -> bool:
-    if isinstance(value, bool) or type(value).__name__ == "bool_":  # numpy.bool_
-        return bool(value)
-    raise TypeError(f"{name} must be a bool, got {type(value).__name__} {value!r}")
-
-
-def _check_ids(ids, range_max: int, name: str) -> Tensor:
-    """An integer tensor of class ids in [0, range_max) (any shape) -> the same ids as int64."""
-    if not isinstance(ids, Tensor):
-        raise TypeError(f"{name} must be a torch.Tensor of int64 class ids, got {type(ids).__name__}")
-    if ids.dtype.is_floating_point or ids.dtype.is_complex or ids.dtype == torch.bool:
-        raise TypeError(f"{name} must hold integer class ids (int64), got dtype {ids.dtype}")
-    if ids.device.type == "meta":
-        raise ValueError(f"{name} is on the meta device, which holds no values; move it to a real device (cpu, cuda)")
-    if ids.numel():
-        lo, hi = int(ids.min()), int(ids.max())
-        if lo < 0 or hi >= range_max:
-            bad = lo if lo < 0 else hi
-            raise ValueError(f"{name} contains class id {bad}, outside the allowed range [0, {range_max})")
-    return ids.long()
-
-
-def _check_true_classes(true_classes, range_max: int, num_true: Optional[int] = None) -> Tensor:
-    """``true_classes`` as int64 [batch_size, num_true] with ids in [0, range_max)."""
-    if not isinstance(true_classes, Tensor):
-        raise TypeError(
-            f"true_classes must be a torch.Tensor of int64 class ids with shape [batch_size, num_true], "
-            f"got {type(true_classes).__name__}"
-        )
-    if true_classes.dim() != 2:
-        raise ValueError(
-            f"true_classes must have shape [batch_size, num_true] (2-D), got shape {tuple(true_classes.shape)}"
-        )
-    if num_true is not None and true_classes.shape[1] != num_true:
-        raise ValueError(
-            f"num_true ({num_true}) must equal true_classes.shape[1]; true_classes has shape "
-            f"{tuple(true_classes.shape)}"
-        )
-    return _check_ids(true_classes, range_max, "true_classes")
-
-
-#: TF's limit on range_max for the unigram samplers (``range_sampler_ops``): strictly below int32 max
-_TF_RANGE_MAX_LIMIT = 2**31 - 1
-
-
-def _check_tf_range_max(range_max) -> int:
-    """``range_max`` as an int in [1, 2**31 - 1), with TF's message for the upper limit."""
-    v = _check_int("range_max", range_max, 1)
-    if v >= _TF_RANGE_MAX_LIMIT:
-        raise ValueError(f"range_max must be less than {_TF_RANGE_MAX_LIMIT}, got {v}")
-    return v
-
-
-def _check_generator(generator) -> Optional[torch.Generator]:
-    if generator is not None and not isinstance(generator, torch.Generator):
-        raise TypeError(f"generator must be a torch.Generator or None, got {type(generator).__name__}")
-    return generator
 
 
 def _generator_from(seed, generator) -> Optional[torch.Generator]:
