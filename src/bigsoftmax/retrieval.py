@@ -87,6 +87,16 @@ def in_batch_softmax_loss(
     Returns ``loss_i = logsumexp_{j ∈ K_i} s_ij − s_ii`` with
     ``s_ij = <query_i, candidates_j> / temperature − log q_j`` (see the module docstring), reduced.
     The log-sum-exp runs in fp32 or wider.
+
+    Shape:
+        - query: :math:`(B, d)`; candidates: :math:`(C, d)`, C >= B; candidate_ids, candidate_log_q: :math:`(C)`.
+        - output: scalar, or :math:`(B)` with ``reduction='none'``.
+
+    Examples::
+
+        >>> q, items = torch.randn(8, 16), torch.randn(8, 16)
+        >>> ids = torch.randint(0, 100, (8,))
+        >>> loss = in_batch_softmax_loss(q, items, ids, candidate_log_q=torch.full((8,), -3.0), temperature=0.05)
     """
     _check_float_matrix(query, "query")
     _check_float_matrix(candidates, "candidates")
@@ -211,6 +221,17 @@ def mixed_negatives_loss(
     when ``batch_log_q`` is given, ``log q_j = logaddexp(batch_log_q(j), log E_s(j))`` where
     ``E_s`` is the sampler's expected count (module docstring). Returns the loss of
     :func:`in_batch_softmax_loss` on them.
+
+    Shape:
+        - query, pos_item_emb: :math:`(B, d)`; pos_ids: :math:`(B)`; item_table: :math:`(V, d)`.
+        - output: scalar, or :math:`(B)` with ``reduction='none'``.
+
+    Examples::
+
+        >>> table = torch.randn(1000, 16)
+        >>> pos = torch.randint(0, 1000, (8,))
+        >>> loss = mixed_negatives_loss(torch.randn(8, 16), table[pos], pos, table, num_sampled=32,
+        ...                             generator=torch.Generator().manual_seed(0))
     """
     _check_float_matrix(query, "query")
     _check_float_matrix(pos_item_emb, "pos_item_emb")
@@ -295,6 +316,14 @@ class InBatchSoftmax(_Temperature):
 
     ``forward(query [B, d], candidates [C, d], candidate_ids [C] = None, candidate_log_q [C] = None,
     step = None) -> loss``.
+
+    Shape:
+        - query: :math:`(B, d)`; candidates: :math:`(C, d)`; output: scalar, or :math:`(B)` for ``'none'``.
+
+    Examples::
+
+        >>> loss_fn = InBatchSoftmax(temperature=0.05, learn_temperature=True)
+        >>> loss = loss_fn(torch.randn(8, 16), torch.randn(8, 16), torch.randint(0, 100, (8,)))
     """
 
     def __init__(self, temperature: float = 1.0, learn_temperature: bool = False, min_temperature: float = 0.0,
@@ -337,6 +366,16 @@ class MixedNegativeSoftmax(_Temperature):
 
     ``forward(query [B, d], pos_item_emb [B, d], pos_ids [B], item_table, step=None,
     sampled_values=None) -> loss``.
+
+    Shape:
+        - query, pos_item_emb: :math:`(B, d)`; pos_ids: :math:`(B)`; output: scalar, or :math:`(B)`.
+
+    Examples::
+
+        >>> table = torch.randn(1000, 16)
+        >>> mns = MixedNegativeSoftmax(1000, num_sampled=32, seed=0)
+        >>> pos = torch.randint(0, 1000, (8,))
+        >>> loss = mns(torch.randn(8, 16), table[pos], pos, table)
     """
 
     def __init__(self, num_items: int, num_sampled: int, sampler: Optional[nn.Module] = None,

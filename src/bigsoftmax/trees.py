@@ -96,6 +96,7 @@ class Tree:
 
     @property
     def max_arity(self) -> int:
+        """The largest number of children of a node."""
         return int(self.node_arity.max())
 
     @property

@@ -253,7 +253,7 @@ def _as_param(obj, name: str) -> nn.Parameter:
 
 
 class AdaptiveSoftmax(Head):
-    """Adaptive softmax head (Grave et al. 2017), ``torch.nn.AdaptiveLogSoftmaxWithLoss``-compatible.
+    r"""Adaptive softmax head (Grave et al. 2017), ``torch.nn.AdaptiveLogSoftmaxWithLoss``-compatible.
 
     Args:
         in_features: d. num_classes: V (ids frequency-sorted, 0 = most frequent).
@@ -271,6 +271,20 @@ class AdaptiveSoftmax(Head):
 
     Parameters: ``head_weight [c_1 + J, d]`` (or ``cluster_weight [J, d]`` with tied shortlist),
     ``head_bias_param [c_1 + J]``, ``tail_proj[j] [d_j, d]``, ``tail_weight[j] [k_j, d_j]``.
+
+    .. math::
+        \log p(c \mid h) = \begin{cases} \log \operatorname{softmax}(W_h h)_c & c < c_1 \\
+            \log \operatorname{softmax}(W_h h)_{c_1 + j} + \log \operatorname{softmax}(T_j P_j h)_{c - s_j}
+            & c \text{ in tail cluster } j \end{cases}
+
+    Shape:
+        - hidden: :math:`(*, d)`; target: :math:`(*)`; output: scalar, or :math:`(*)` for ``'none'``.
+
+    Examples::
+
+        >>> head = AdaptiveSoftmax(64, 10_000, cutoffs=[1000, 5000], div_value=4.0)
+        >>> loss = head(torch.randn(8, 64), torch.randint(0, 10_000, (8,)))
+        >>> logp, ids = head.topk(torch.randn(8, 64), 5)
     """
 
     def __init__(

@@ -529,6 +529,21 @@ class LargeMarginSoftmax(_AnnealedMixin, MarginHead):
     the plain softmax without bias). ``lambda_schedule``: a fixed λ >= 0 (default 0: full margin, as in
     pytorch-metric-learning) or a :class:`LambdaSchedule` annealed per training forward.
     Evaluation logits: ``W x`` (margin-free, no bias). ``embed`` returns ``x`` unchanged.
+
+    Args:
+        in_features: d. num_classes: V.
+        m: the integer angular margin (>= 1).
+        lambda_schedule: a fixed λ >= 0, a :class:`LambdaSchedule`, or None (λ = 0).
+        **kwargs: as :class:`MarginHead` (``num_sampled``, ``sampler``, ``sparse``, ``seed``,
+            ``weight``, ``eps``, ``ignore_index``, ``reduction``, …).
+
+    Shape:
+        - hidden: :math:`(*, d)`; target: :math:`(*)`; output: scalar, or :math:`(*)` for ``'none'``.
+
+    Examples::
+
+        >>> head = LargeMarginSoftmax(32, 10, m=4)
+        >>> loss = head(torch.randn(8, 32), torch.randint(0, 10, (8,)))
     """
 
     normalize_features = False
@@ -550,6 +565,20 @@ class AngularSoftmax(_AnnealedMixin, MarginHead):
     ``f_j = ‖x‖ cos θ_j = ŵ_j · x``. m = 4 (paper). ``lambda_schedule`` defaults to the SphereFace
     annealing :class:`LambdaSchedule` (base 1000, gamma 0.12, power 1, lambda_min 5); pass 0.0 for
     the pure margin. Evaluation logits ``‖x‖ cos θ_j``. ``embed`` returns ``x`` (compare with cosine).
+
+    Args:
+        in_features: d. num_classes: V.
+        m: the integer angular margin (>= 1).
+        lambda_schedule: a fixed λ >= 0 or a :class:`LambdaSchedule` (default: SphereFace's).
+        **kwargs: as :class:`MarginHead`.
+
+    Shape:
+        - hidden: :math:`(*, d)`; target: :math:`(*)`; output: scalar, or :math:`(*)` for ``'none'``.
+
+    Examples::
+
+        >>> head = AngularSoftmax(32, 10, m=4, lambda_schedule=0.0)
+        >>> loss = head(torch.randn(8, 32), torch.randint(0, 10, (8,)))
     """
 
     normalize_features = False
@@ -572,6 +601,20 @@ class AdditiveMarginSoftmax(MarginHead):
 
     Features and class weights are L2-normalised (``eps`` guards zero vectors). Evaluation logits
     ``s cos θ_j``; ``embed`` returns ``x̂``. m >= 0 (m = 0: normalised softmax), s > 0.
+
+    Args:
+        in_features: d. num_classes: V.
+        s: logit scale (> 0). m: additive cosine margin (>= 0).
+        **kwargs: as :class:`MarginHead`.
+
+    Shape:
+        - hidden: :math:`(*, d)`; target: :math:`(*)`; output: scalar, or :math:`(*)` for ``'none'``.
+
+    Examples::
+
+        >>> head = AdditiveMarginSoftmax(32, 1000, s=30.0, m=0.35)
+        >>> loss = head(torch.randn(8, 32), torch.randint(0, 1000, (8,)))
+        >>> emb = head.embed(torch.randn(8, 32))   # unit-norm verification features
     """
 
     def __init__(self, in_features: int, num_classes: int, s: float = 30.0, m: float = 0.35, **kwargs):
@@ -591,7 +634,22 @@ class AdditiveMarginSoftmax(MarginHead):
 
 
 class CosFace(AdditiveMarginSoftmax):
-    """CosFace / LMCL (Wang et al. 2018): AM-Softmax with the CosFace paper's s = 64, m = 0.35."""
+    """CosFace / LMCL (Wang et al. 2018): AM-Softmax with the CosFace paper's s = 64, m = 0.35.
+
+    ``f_y = s (cos θ_y − m)``, ``f_j = s cos θ_j``.
+
+    Args:
+        in_features: d. num_classes: V. s: logit scale (> 0). m: cosine margin (>= 0).
+        **kwargs: as :class:`MarginHead`.
+
+    Shape:
+        - hidden: :math:`(*, d)`; target: :math:`(*)`; output: scalar, or :math:`(*)` for ``'none'``.
+
+    Examples::
+
+        >>> head = CosFace(32, 1000)
+        >>> loss = head(torch.randn(8, 32), torch.randint(0, 1000, (8,)))
+    """
 
     def __init__(self, in_features: int, num_classes: int, s: float = 64.0, m: float = 0.35, **kwargs):
         super().__init__(in_features, num_classes, s=s, m=m, **kwargs)
@@ -603,6 +661,22 @@ class ArcFace(MarginHead):
     Past θ_y > π − m the target uses insightface's ``cos θ − m sin m`` (see :func:`arc_margin_cos`);
     ``easy_margin=True`` applies the margin only where cos θ_y > 0. Evaluation logits ``s cos θ_j``;
     ``embed`` returns ``x̂``. m in [0, π/2] radians (pytorch-metric-learning takes degrees: 28.6° ≈ 0.5).
+
+    Args:
+        in_features: d. num_classes: V.
+        s: logit scale (> 0). m: additive angular margin in radians, in [0, π/2].
+        easy_margin: apply the margin only where cos θ_y > 0.
+        **kwargs: as :class:`MarginHead` (e.g. ``num_sampled=`` for Partial-FC training).
+
+    Shape:
+        - hidden: :math:`(*, d)`; target: :math:`(*)`; output: scalar, or :math:`(*)` for ``'none'``.
+
+    Examples::
+
+        >>> head = ArcFace(32, 1000, s=64.0, m=0.5)
+        >>> loss = head(torch.randn(8, 32), torch.randint(0, 1000, (8,)))
+        >>> pfc = ArcFace(32, 100_000, num_sampled=256, sparse=True, seed=0)
+        >>> loss = pfc(torch.randn(8, 32), torch.randint(0, 100_000, (8,)))
     """
 
     def __init__(self, in_features: int, num_classes: int, s: float = 64.0, m: float = 0.5,

@@ -61,6 +61,13 @@ class SamplingHead(CandidateMixin, LinearEvalMixin, Head):
     Shape:
         - hidden: ``(*, d)``; target: ``(*)`` (or ``(*, num_true)``); context: ``(*)``.
         - output: scalar, or ``(*)`` with ``reduction='none'``.
+
+    Examples::
+
+        >>> head = SampledSoftmax(16, 1000, num_sampled=64, seed=0)   # a SamplingHead subclass
+        >>> ids, true_exp, samp_exp = head.draw(torch.tensor([[3], [7]]))
+        >>> ids.shape
+        torch.Size([64])
     """
 
     def __init__(
@@ -218,7 +225,16 @@ class SampledSoftmax(SamplingHead):
     the full cross-entropy. With a context-dependent sampler (``samplers.Bigram``) the candidates
     ``c_{b,1..S}`` and counts ``E(c | prev_b)`` are drawn per example: pass ``context=``. fp32/fp64
     take a fused kernel (see :func:`bigsoftmax.functional.fused_sampled_softmax`); half precision and
-    autocast take the general autograd path (log-softmax in fp32). Arguments as :class:`SamplingHead`.
+    autocast take the general autograd path (log-softmax in fp32).
+
+    Args:
+        as :class:`SamplingHead` (``in_features``, ``num_classes``, ``num_sampled``, ``sampler``,
+        ``num_true``, ``remove_accidental_hits``, ``bias``, ``sparse``, ``ignore_index``,
+        ``reduction``, ``seed``, ``weight``, ``gather``).
+
+    Shape:
+        - hidden: ``(*, d)``; target: ``(*)`` (or ``(*, num_true)``); context: ``(*)``.
+        - output: scalar, or ``(*)`` with ``reduction='none'``.
 
     Examples::
 

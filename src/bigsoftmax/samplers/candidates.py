@@ -45,6 +45,7 @@ from typing import Callable, Optional, Sequence, Tuple, Union
 import torch
 from torch import Tensor, nn
 
+from .._docs import fill_doc
 from .._validate import check_bool as _check_bool
 from .._validate import check_class_ids as _check_ids
 from .._validate import check_generator as _check_generator
@@ -270,8 +271,9 @@ def _rebuild_after_load(module, incompatible_keys) -> None:
     module._rebuild()
 
 
+@fill_doc
 class CandidateSampler(nn.Module):
-    """Base class: draws ``num_sampled`` candidate ids from a base distribution P over [0, range_max).
+    r"""Base class: draws ``num_sampled`` candidate ids from a base distribution P over [0, range_max).
 
     Subclasses give ``_draw(n, generator) -> [n] int64`` (i.i.d. draws from P) and
     ``_prob64(ids) -> float64`` (P(c)), and ``num_valid`` (classes with P(c) > 0).
@@ -281,6 +283,23 @@ class CandidateSampler(nn.Module):
 
     float64 buffers (unigram weights, CDFs) keep float64 under ``module.float()`` / ``.half()``
     (they follow device moves only): the sampling tables are not model parameters.
+
+    Expected counts are TF's: :math:`E(c) = S \cdot P(c)` with replacement, and
+    :math:`E(c) = 1 - (1 - P(c))^{n}` after ``n = num_tries`` draws with ``unique=True``.
+
+    Args:
+        range_max: V, the number of classes (int >= 1).
+        unique: draw distinct ids (rejection sampling, as TF).
+
+    Shape:
+        {sampler_shape}
+
+    Examples::
+
+        >>> s = bigsoftmax.samplers.LogUniform(1000, unique=True)
+        >>> ids, true_exp, samp_exp = s.sample(torch.tensor([[3], [7]]), 64, torch.Generator().manual_seed(0))
+        >>> ids.shape, true_exp.shape
+        (torch.Size([64]), torch.Size([2, 1]))
     """
 
     def __init__(self, range_max: int, unique: bool = True):
@@ -378,8 +397,20 @@ class CandidateSampler(nn.Module):
         return f"range_max={self.range_max}, unique={self.unique}"
 
 
+@fill_doc
 class Uniform(CandidateSampler):
-    """Uniform base distribution: ``P(c) = 1 / range_max``. Draws: O(S) ``torch.randint``."""
+    """Uniform base distribution: ``P(c) = 1 / range_max``. Draws: O(S) ``torch.randint``.
+
+    Args:
+        range_max: V. unique: draw distinct ids.
+
+    Shape:
+        {sampler_shape}
+
+    Examples::
+
+        >>> ids, _, _ = Uniform(100).sample(torch.tensor([[1]]), 10, torch.Generator().manual_seed(0))
+    """
 
     def _draw(self, n, generator):
         return torch.randint(self.range_max, (n,), generator=generator, device=_gen_device(generator))
@@ -388,10 +419,23 @@ class Uniform(CandidateSampler):
         return torch.full(ids.shape, 1.0 / self.range_max, dtype=torch.float64, device=ids.device)
 
 
+@fill_doc
 class LogUniform(CandidateSampler):
     """Log-uniform (Zipfian) base distribution, for frequency-sorted ids (0 = most frequent):
 
     ``P(c) = (log(c + 2) - log(c + 1)) / log(range_max + 1)``. Draws: O(S) closed-form inverse CDF.
+
+    Args:
+        range_max: V. unique: draw distinct ids.
+
+    Shape:
+        {sampler_shape}
+
+    Examples::
+
+        >>> s = LogUniform(1000)
+        >>> bool(s.probs()[0] > s.probs()[999])
+        True
     """
 
     def _draw(self, n, generator):
@@ -401,6 +445,7 @@ class LogUniform(CandidateSampler):
         return log_uniform_prob(ids, self.range_max)
 
 
+@fill_doc
 class Unigram(CandidateSampler):
     """Fixed unigram base distribution (TF ``fixed_unigram_candidate_sampler``).
 
@@ -420,6 +465,23 @@ class Unigram(CandidateSampler):
 
     Draws: inverse CDF, ``torch.searchsorted`` on a float64 cumulative array built once: O(S log V).
     Buffer ``weights`` [range_max] float64 (the distorted shard weights) is checkpointed.
+
+    Args:
+        weights_or_counts: ``[K]`` counts or probabilities (>= 0, finite).
+        distortion: exponent of the weights (0.75: word2vec's noise).
+        unique: draw distinct ids.
+        num_reserved_ids: ids ``0 .. num_reserved_ids - 1`` with probability 0 before the weights.
+        num_shards, shard: keep the global ids ``g % num_shards == shard`` (shard-local ids).
+
+    Shape:
+        {sampler_shape}
+
+    Examples::
+
+        >>> s = Unigram([10.0, 5.0, 1.0, 0.0], distortion=0.75, unique=False)
+        >>> ids, _, _ = s.sample(torch.tensor([[0]]), 8, torch.Generator().manual_seed(0))
+        >>> bool((ids != 3).all())   # zero weight: never drawn
+        True
     """
 
     def __init__(
@@ -518,6 +580,7 @@ class Unigram(CandidateSampler):
         return s
 
 
+@fill_doc
 class LearnedUnigram(CandidateSampler):
     """Unigram distribution over the classes seen so far (TF ``learned_unigram_candidate_sampler``).
 
@@ -529,6 +592,20 @@ class LearnedUnigram(CandidateSampler):
     Counts live in a Fenwick tree (as TF's tree-structured ``WeightedPicker``): ``update`` is
     O(B T log V) and a draw O(log V) -- exact at every step, no periodic O(V) rebuild. Buffer
     ``counts`` [V] int64 is checkpointed (TF's is not); the tree is rebuilt on ``load_state_dict``.
+
+    Args:
+        range_max: V (< 2**31 - 1, TF's limit). unique: draw distinct ids.
+
+    Shape:
+        {sampler_shape}
+
+    Examples::
+
+        >>> s = LearnedUnigram(100)
+        >>> y = torch.tensor([[4], [4]])
+        >>> out = s.sample(y, 10, torch.Generator().manual_seed(0)); s.update(y)
+        >>> int(s.counts[4])
+        3
     """
 
     def __init__(self, range_max: int, unique: bool = True):
@@ -585,6 +662,7 @@ class LearnedUnigram(CandidateSampler):
         return self.counts[ids].to(torch.float64) / self._total
 
 
+@fill_doc
 class All(CandidateSampler):
     """Every class, deterministically (TF ``all_candidate_sampler``; for testing).
 
@@ -592,6 +670,17 @@ class All(CandidateSampler):
     ``arange(range_max)`` with every expected count (true and sampled) equal to 1.
     ``probs()`` / ``log_prob`` report the uniform 1 / range_max (TF defines no per-draw
     probability for this sampler).
+
+    Args:
+        range_max: V (= the ``num_sampled`` every call must ask for).
+
+    Shape:
+        {sampler_shape}
+
+    Examples::
+
+        >>> All(5).sample(torch.tensor([[1]]), 5)[0]
+        tensor([0, 1, 2, 3, 4])
     """
 
     def __init__(self, range_max: int):
@@ -629,16 +718,41 @@ def _tf_call(sampler: CandidateSampler, true_classes, num_true, num_sampled, see
     return sampler.sample(tc, num_sampled, _generator_from(seed, generator))
 
 
+@fill_doc
 def uniform_candidate_sampler(true_classes, num_true, num_sampled, unique, range_max, seed=None, generator=None) -> CandidateSamples:
-    """``tf.random.uniform_candidate_sampler``: P(c) = 1 / range_max. See :class:`Uniform`."""
+    """``tf.random.uniform_candidate_sampler``: P(c) = 1 / range_max. See :class:`Uniform`.
+
+    Args:
+        {tf_sampler_args}
+
+    Shape:
+        {sampler_shape}
+
+    Examples::
+
+        >>> ids, te, se = uniform_candidate_sampler(torch.tensor([[1], [2]]), 1, 5, True, 100, seed=0)
+    """
     return _tf_call(Uniform(range_max, _check_bool("unique", unique)), true_classes, num_true, num_sampled, seed, generator)
 
 
+@fill_doc
 def log_uniform_candidate_sampler(true_classes, num_true, num_sampled, unique, range_max, seed=None, generator=None) -> CandidateSamples:
-    """``tf.random.log_uniform_candidate_sampler``: P(c) = log((c+2)/(c+1)) / log(range_max+1)."""
+    """``tf.random.log_uniform_candidate_sampler``: P(c) = log((c+2)/(c+1)) / log(range_max+1).
+
+    Args:
+        {tf_sampler_args}
+
+    Shape:
+        {sampler_shape}
+
+    Examples::
+
+        >>> ids, te, se = log_uniform_candidate_sampler(torch.tensor([[1], [2]]), 1, 5, True, 100, seed=0)
+    """
     return _tf_call(LogUniform(range_max, _check_bool("unique", unique)), true_classes, num_true, num_sampled, seed, generator)
 
 
+@fill_doc
 def learned_unigram_candidate_sampler(true_classes, num_true, num_sampled, unique, range_max, seed=None, generator=None) -> CandidateSamples:
     """``tf.random.learned_unigram_candidate_sampler`` as one stateless call.
 
@@ -647,11 +761,22 @@ def learned_unigram_candidate_sampler(true_classes, num_true, num_sampled, uniqu
     to the same id; same probabilities), so the call is a :class:`Uniform` draw and builds no
     O(range_max) table. Use a :class:`LearnedUnigram` module (``sample`` then ``update``) to learn.
     ``range_max`` must be less than 2**31 - 1 (TF's limit).
+
+    Args:
+        {tf_sampler_args}
+
+    Shape:
+        {sampler_shape}
+
+    Examples::
+
+        >>> ids, te, se = learned_unigram_candidate_sampler(torch.tensor([[1]]), 1, 5, False, 100, seed=0)
     """
     return _tf_call(Uniform(_check_tf_range_max(range_max), _check_bool("unique", unique)), true_classes, num_true,
                     num_sampled, seed, generator)
 
 
+@fill_doc
 def fixed_unigram_candidate_sampler(
     true_classes,
     num_true,
@@ -674,6 +799,20 @@ def fixed_unigram_candidate_sampler(
     ``range_max`` must equal the number of ids of this shard (``num_reserved_ids + len(unigrams)``
     when ``num_shards == 1``), and ids are shard-local, as in TF; it must be less than 2**31 - 1
     (TF's limit), checked before any table is built.
+
+    Args:
+        {tf_sampler_args}
+        vocab_file: path of a counts file (see :func:`read_vocab_file`), or ``""``.
+        distortion, num_reserved_ids, num_shards, shard: as :class:`Unigram`.
+        unigrams: the weights, when no ``vocab_file``.
+
+    Shape:
+        {sampler_shape}
+
+    Examples::
+
+        >>> ids, te, se = fixed_unigram_candidate_sampler(torch.tensor([[1]]), 1, 3, True, 4,
+        ...                                               unigrams=[4.0, 3.0, 2.0, 1.0], seed=0)
     """
     range_max = _check_tf_range_max(range_max)
     has_file = bool(vocab_file)
@@ -700,11 +839,24 @@ def fixed_unigram_candidate_sampler(
     return _tf_call(sampler, true_classes, num_true, num_sampled, seed, generator)
 
 
+@fill_doc
 def all_candidate_sampler(true_classes, num_true, num_sampled, unique, seed=None, generator=None) -> CandidateSamples:
     """``tf.random.all_candidate_sampler``: returns ``arange(num_sampled)``, all expected counts 1.
 
     ``true_classes`` must lie in [0, num_sampled); ``unique``, ``seed`` and ``generator`` are ignored
     (validated only), as in TF.
+
+    Args:
+        true_classes, num_true, unique, seed, generator: as :func:`uniform_candidate_sampler`.
+        num_sampled: V, the number of classes (all returned).
+
+    Shape:
+        {sampler_shape}
+
+    Examples::
+
+        >>> all_candidate_sampler(torch.tensor([[1]]), 1, 4, True)[0]
+        tensor([0, 1, 2, 3])
     """
     _check_bool("unique", unique)
     num_sampled = _check_int("num_sampled", num_sampled, 1)
