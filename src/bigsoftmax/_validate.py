@@ -1,4 +1,5 @@
-"""Argument checks shared by the kernels, the heads and the functional API.
+"""Argument checks of the library core: the kernels, the heads, the samplers, trees, retrieval and the
+functional API (the jobs in ``lm/`` and ``recsys/`` keep their own, as they may not import core privates).
 
 Every check raises a ``TypeError`` (wrong kind of object) or a ``ValueError`` (right kind, value
 outside the allowed range) whose message names the argument and the allowed range, before any
@@ -8,14 +9,18 @@ torch op could fail deep inside with an ``IndexError`` or a shape error.
 from __future__ import annotations
 
 import math
-from typing import Optional
+import numbers
+import operator
+from typing import List, Optional
 
+import numpy as np
 import torch
 from torch import Tensor
 
 __all__ = [
     "REDUCTIONS",
     "check_reduction",
+    "check_choice",
     "check_target",
     "check_ignore_index",
     "check_chunk_size",
@@ -26,6 +31,27 @@ __all__ = [
     "check_real",
     "check_not_meta",
     "check_module_not_meta",
+    "check_linear",
+    "check_alpha",
+    "check_per_row_values",
+    "check_cutoffs",
+    "check_counts",
+    "check_div_value",
+    "check_scale",
+    "check_int_value",
+    "TF_RANGE_MAX_LIMIT",
+    "check_int_strict",
+    "check_bool",
+    "check_class_ids",
+    "check_true_classes",
+    "check_tf_range_max",
+    "check_generator",
+    "check_unit",
+    "check_float_matrix",
+    "check_ids",
+    "check_log_q",
+    "check_num_hard_negatives",
+    "check_temperature",
 ]
 
 #: the reductions of ``nn.CrossEntropyLoss``
@@ -37,6 +63,13 @@ def check_reduction(reduction: str) -> str:
     if reduction not in REDUCTIONS:
         raise ValueError(f"reduction must be one of {REDUCTIONS}, got {reduction!r}")
     return reduction
+
+
+def check_choice(name: str, value, choices):
+    """``value`` must be one of ``choices`` (a tuple of allowed values); returns it."""
+    if value not in choices:
+        raise ValueError(f"{name} must be one of {choices}, got {value!r}")
+    return value
 
 
 def check_ignore_index(ignore_index) -> int:
@@ -155,3 +188,292 @@ def check_module_not_meta(module: torch.nn.Module, what: str) -> None:
                 raise ValueError(f"{what} {kind} {pname!r} is on the meta device, which holds no values; "
                                  f"materialise the module on a real device first (module.to_empty(device=...) "
                                  f"and load its weights)")
+# ---------------------------------------------------------------- kernels (ops/lse.py)
+
+
+def check_linear(input: Tensor, weight: Tensor, bias: Optional[Tensor]) -> None:
+    """The linear layer of the streaming kernel: ``input [..., d]``, ``weight [V >= 1, d]``, ``bias [V]`` or None,
+    all floating point."""
+    check_float_tensor(input, "input", "of shape [..., d]")
+    check_float_tensor(weight, "weight", "of shape [V, d]")
+    check_not_meta(input=input, weight=weight, bias=bias)
+    if weight.dim() != 2:
+        raise ValueError(f"weight must have shape [V, d] (2-D), got {tuple(weight.shape)}")
+    V, d = weight.shape
+    if V < 1:
+        raise ValueError("weight must have at least one class row (V >= 1)")
+    if input.dim() < 1 or input.shape[-1] != d:
+        raise ValueError(f"input must have shape [..., d={d}] (d = weight.shape[1]), got {tuple(input.shape)}")
+    if bias is not None:
+        check_float_tensor(bias, "bias", f"of shape [V={V}]")
+        if tuple(bias.shape) != (V,):
+            raise ValueError(f"bias must have shape [V={V}], got {tuple(bias.shape)}")
+
+
+# ---------------------------------------------------------------- heads
+
+
+def check_alpha(alpha) -> float:
+    """The self-normalisation penalty weight: a finite real number >= 0; returns it as a float."""
+    if isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or not (math.isfinite(alpha) and alpha >= 0):
+        raise ValueError(f"alpha must be a finite number >= 0, got {alpha!r}")
+    return float(alpha)
+
+
+def check_per_row_values(sampled_values, batch: int):
+    """Refuse per-example ``sampled_values`` whose rows disagree with the batch before any row is selected."""
+    if not (isinstance(sampled_values, (tuple, list)) and len(sampled_values) == 3
+            and all(isinstance(t, Tensor) for t in sampled_values)):
+        raise TypeError("sampled_values must be a tuple of three tensors (sampled_candidates, true_expected_count, "
+                        "sampled_expected_count)")
+    for name, t in zip(("sampled_candidates", "true_expected_count", "sampled_expected_count"), sampled_values):
+        if (t.dim() == 2 or name == "true_expected_count") and (t.dim() == 0 or t.shape[0] != batch):
+            raise ValueError(f"sampled_values: {name} must have {batch} rows (one per target row), got shape {tuple(t.shape)}")
+    return tuple(sampled_values)
+
+
+def check_cutoffs(cutoffs, num_classes: int, name: str = "cutoffs") -> List[int]:
+    """Return ``cutoffs`` as a list of ints, or raise: they must be strictly increasing in (0, V)."""
+    if isinstance(cutoffs, Tensor):
+        cutoffs = cutoffs.tolist()
+    try:
+        cl = list(cutoffs)
+    except TypeError:
+        raise TypeError(f"{name} must be a sequence of ints, got {type(cutoffs).__name__}") from None
+    if len(cl) == 0:
+        raise ValueError(f"{name} must hold at least one cutoff in (0, {num_classes}), got []")
+    out = []
+    for c in cl:
+        if isinstance(c, bool) or not isinstance(c, (int, np.integer)):
+            if isinstance(c, float) and float(c).is_integer():
+                c = int(c)
+            else:
+                raise TypeError(f"{name} must hold ints, got {c!r} in {cl}")
+        out.append(int(c))
+    for a, b in zip(out, out[1:]):
+        if b <= a:
+            raise ValueError(f"{name} must be strictly increasing, got {out} ({b} after {a})")
+    if out[0] <= 0 or out[-1] >= num_classes:
+        raise ValueError(
+            f"every cutoff must lie in (0, num_classes={num_classes}) i.e. 1..{num_classes - 1}, got {out}"
+        )
+    return out
+
+
+def check_counts(counts, num_classes: Optional[int] = None, name: str = "counts") -> np.ndarray:
+    """Validate class counts for frequency-sorted ids; returns a float64 numpy array.
+
+    counts [V]: finite, positive, and non-increasing (id 0 = most frequent), of length
+    ``num_classes`` when given.
+    """
+    if isinstance(counts, Tensor):
+        arr = counts.detach().cpu().double().numpy()
+    else:
+        try:
+            arr = np.asarray(counts, dtype=np.float64)
+        except (TypeError, ValueError):
+            raise TypeError(f"{name} must be a 1-D sequence/tensor of class counts") from None
+    if arr.ndim != 1:
+        raise ValueError(f"{name} must be 1-D (one count per class), got shape {tuple(arr.shape)}")
+    if num_classes is not None and arr.shape[0] != num_classes:
+        raise ValueError(f"{name} must have length num_classes={num_classes}, got {arr.shape[0]}")
+    if arr.shape[0] < 2:
+        raise ValueError(f"{name} must cover at least 2 classes, got {arr.shape[0]}")
+    if not np.all(np.isfinite(arr)):
+        raise ValueError(f"{name} must be finite")
+    bad = np.nonzero(arr <= 0)[0]
+    if bad.size:
+        raise ValueError(f"{name} must be positive, got {arr[bad[0]]!r} at class id {int(bad[0])}")
+    inc = np.nonzero(np.diff(arr) > 0)[0]
+    if inc.size:
+        i = int(inc[0])
+        raise ValueError(
+            f"{name} must be non-increasing: class ids are assumed frequency-sorted (0 = most frequent), "
+            f"but counts[{i}]={arr[i]!r} < counts[{i + 1}]={arr[i + 1]!r}; sort your vocabulary by "
+            "frequency first (bigsoftmax.lm.data does)"
+        )
+    return arr
+
+
+def check_div_value(div_value) -> float:
+    """AdaptiveSoftmax's ``div_value``: a positive finite real number; returns it as a float."""
+    if isinstance(div_value, bool) or not isinstance(div_value, (int, float)) or not (
+        math.isfinite(div_value) and div_value > 0
+    ):
+        raise ValueError(f"div_value must be a positive finite number, got {div_value!r}")
+    return float(div_value)
+
+
+def check_scale(s) -> float:
+    """A margin head's logit scale ``s``: a finite real number > 0; returns it as a float."""
+    return check_real("s", s, 0.0, lo_open=True)
+
+
+# ---------------------------------------------------------------- trees and samplers
+
+
+def check_int_value(value, name: str, lo: int, hi: Optional[int] = None) -> int:
+    """An int or numpy integer (not a bool) in ``[lo, hi]`` (``hi`` None: no upper end); returns a Python int.
+
+    ``TypeError`` for a non-integer, ``ValueError`` for one out of range (the messages of :mod:`bigsoftmax.trees`).
+    """
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+        rng = f"[{lo}, {hi}]" if hi is not None else f">= {lo}"
+        raise TypeError(f"{name} must be an int {rng}, got {type(value).__name__}")
+    value = int(value)
+    if value < lo or (hi is not None and value > hi):
+        rng = f"in [{lo}, {hi}]" if hi is not None else f">= {lo}"
+        raise ValueError(f"{name} must be an int {rng}, got {value}")
+    return value
+
+
+#: TF's limit on range_max for the unigram samplers (``range_sampler_ops``): strictly below int32 max
+TF_RANGE_MAX_LIMIT = 2**31 - 1
+
+
+def check_int_strict(name: str, value, lo: int, hi: Optional[int] = None) -> int:
+    """``value`` as a Python int in [lo, hi]; TypeError for non-integers (bools and floats too)."""
+    if isinstance(value, bool) or isinstance(value, float):
+        raise TypeError(f"{name} must be an int, got {type(value).__name__} {value!r}")
+    if isinstance(value, Tensor):
+        if value.numel() != 1 or value.dtype.is_floating_point or value.dtype == torch.bool:
+            raise TypeError(f"{name} must be an int, got a tensor of shape {tuple(value.shape)} and dtype {value.dtype}")
+        value = int(value.item())
+    try:
+        v = operator.index(value)
+    except TypeError:
+        raise TypeError(f"{name} must be an int, got {type(value).__name__} {value!r}") from None
+    if v < lo or (hi is not None and v > hi):
+        rng = f"[{lo}, {hi}]" if hi is not None else f">= {lo}"
+        raise ValueError(f"{name} must be an int {rng}, got {v}")
+    return v
+
+
+def check_bool(name: str, value) -> bool:
+    """A Python or numpy bool; returns it as a Python bool (``TypeError`` for 0/1 ints and the rest)."""
+    if isinstance(value, bool) or type(value).__name__ == "bool_":  # numpy.bool_
+        return bool(value)
+    raise TypeError(f"{name} must be a bool, got {type(value).__name__} {value!r}")
+
+
+def check_class_ids(ids, range_max: int, name: str) -> Tensor:
+    """An integer tensor of class ids in [0, range_max) (any shape) -> the same ids as int64."""
+    if not isinstance(ids, Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor of int64 class ids, got {type(ids).__name__}")
+    if ids.dtype.is_floating_point or ids.dtype.is_complex or ids.dtype == torch.bool:
+        raise TypeError(f"{name} must hold integer class ids (int64), got dtype {ids.dtype}")
+    if ids.device.type == "meta":
+        raise ValueError(f"{name} is on the meta device, which holds no values; move it to a real device (cpu, cuda)")
+    if ids.numel():
+        lo, hi = int(ids.min()), int(ids.max())
+        if lo < 0 or hi >= range_max:
+            bad = lo if lo < 0 else hi
+            raise ValueError(f"{name} contains class id {bad}, outside the allowed range [0, {range_max})")
+    return ids.long()
+
+
+def check_true_classes(true_classes, range_max: int, num_true: Optional[int] = None) -> Tensor:
+    """``true_classes`` as int64 [batch_size, num_true] with ids in [0, range_max)."""
+    if not isinstance(true_classes, Tensor):
+        raise TypeError(
+            f"true_classes must be a torch.Tensor of int64 class ids with shape [batch_size, num_true], "
+            f"got {type(true_classes).__name__}"
+        )
+    if true_classes.dim() != 2:
+        raise ValueError(
+            f"true_classes must have shape [batch_size, num_true] (2-D), got shape {tuple(true_classes.shape)}"
+        )
+    if num_true is not None and true_classes.shape[1] != num_true:
+        raise ValueError(
+            f"num_true ({num_true}) must equal true_classes.shape[1]; true_classes has shape "
+            f"{tuple(true_classes.shape)}"
+        )
+    return check_class_ids(true_classes, range_max, "true_classes")
+
+
+def check_tf_range_max(range_max) -> int:
+    """``range_max`` as an int in [1, 2**31 - 1), with TF's message for the upper limit."""
+    v = check_int_strict("range_max", range_max, 1)
+    if v >= TF_RANGE_MAX_LIMIT:
+        raise ValueError(f"range_max must be less than {TF_RANGE_MAX_LIMIT}, got {v}")
+    return v
+
+
+def check_generator(generator) -> Optional[torch.Generator]:
+    """A ``torch.Generator`` or None; returns it."""
+    if generator is not None and not isinstance(generator, torch.Generator):
+        raise TypeError(f"generator must be a torch.Generator or None, got {type(generator).__name__}")
+    return generator
+
+
+def check_unit(name: str, value) -> float:
+    """A real number in [0, 1] (not a bool); returns it as a float."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise TypeError(f"{name} must be a float in [0, 1], got {type(value).__name__} {value!r}")
+    v = float(value)
+    if not (0.0 <= v <= 1.0):
+        raise ValueError(f"{name} must be a float in [0, 1], got {v}")
+    return v
+
+
+# ---------------------------------------------------------------- retrieval
+
+
+def check_float_matrix(x, name: str) -> None:
+    """``x`` must be a 2-D floating-point tensor."""
+    if not isinstance(x, Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor, got {type(x).__name__}")
+    if not x.dtype.is_floating_point:
+        raise TypeError(f"{name} must be a floating-point tensor, got dtype {x.dtype}")
+    check_not_meta(**{name: x})
+    if x.dim() != 2:
+        raise ValueError(f"{name} must be 2-D, got shape {tuple(x.shape)}")
+
+
+def check_ids(ids, n: Optional[int], name: str, num_items: Optional[int] = None) -> Tensor:
+    """ids: a 1-D integer tensor ([n] when n is given), in [0, num_items) when num_items is given."""
+    if not isinstance(ids, Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor of int64 ids, got {type(ids).__name__}")
+    if ids.dtype.is_floating_point or ids.dtype.is_complex or ids.dtype == torch.bool:
+        raise TypeError(f"{name} must hold integer ids (int64), got dtype {ids.dtype}")
+    check_not_meta(**{name: ids})
+    if ids.dim() != 1 or (n is not None and ids.shape[0] != n):
+        raise ValueError(f"{name} must have shape [{n if n is not None else 'n'}], got {tuple(ids.shape)}")
+    if num_items is not None and ids.numel():
+        lo, hi = int(ids.min()), int(ids.max())
+        if lo < 0 or hi >= num_items:
+            raise ValueError(f"{name} contains id {lo if lo < 0 else hi}, outside the allowed range [0, {num_items})")
+    return ids.long()
+
+
+def check_log_q(log_q, n: int, name: str) -> Tensor:
+    """Log proposal probabilities: a finite floating ``[n]`` tensor; returns it."""
+    if not isinstance(log_q, Tensor):
+        raise TypeError(f"{name} must be a floating-point torch.Tensor, got {type(log_q).__name__}")
+    if not log_q.dtype.is_floating_point:
+        raise TypeError(f"{name} must be floating point, got dtype {log_q.dtype}")
+    if tuple(log_q.shape) != (n,):
+        raise ValueError(f"{name} must have shape [{n}] (one value per candidate), got {tuple(log_q.shape)}")
+    if n and not bool(torch.isfinite(log_q).all()):
+        raise ValueError(f"{name} must be finite (log of a positive expected count); found NaN or ±inf")
+    return log_q
+
+
+def check_num_hard_negatives(k) -> None:
+    """``num_hard_negatives``: None or an int >= 1."""
+    if k is not None and (isinstance(k, bool) or not isinstance(k, int) or k < 1):
+        raise ValueError(f"num_hard_negatives must be None or an int >= 1, got {k!r}")
+
+
+def check_temperature(temperature) -> None:
+    """A temperature: a finite float > 0 or a one-element floating tensor holding one."""
+    if isinstance(temperature, Tensor):
+        if temperature.numel() != 1 or not temperature.dtype.is_floating_point:
+            raise ValueError(f"temperature must be a positive float or a one-element float tensor, got {tuple(temperature.shape)} {temperature.dtype}")
+        t = float(temperature.detach())
+    elif isinstance(temperature, (int, float)) and not isinstance(temperature, bool):
+        t = float(temperature)
+    else:
+        raise TypeError(f"temperature must be a positive float or a one-element tensor, got {type(temperature).__name__}")
+    if not (math.isfinite(t) and t > 0.0):
+        raise ValueError(f"temperature must be a finite number > 0, got {t}")

@@ -37,6 +37,8 @@ from typing import Optional, Tuple
 import torch
 from torch import Tensor
 
+from ._docs import fill_doc
+
 from .ops.sampled import (  # noqa: F401  (the core and gather_rows are public; the rest serve this module)
     SampledParts,
     SampledValues,
@@ -99,25 +101,9 @@ def _validated(weights, biases, labels, inputs, num_sampled, num_classes, num_tr
     return labels, _check_sampled_values(sampled_values, labels, num_sampled, num_classes)
 
 
-_ARGS_DOC = """
-    Args:
-        weights: ``[num_classes, d]`` class embeddings, or a list of row shards (TF's "div" partition).
-        biases: ``[num_classes]`` (or shards), or None.
-        labels: int64 ``[B, num_true]`` true classes (``[B]`` when ``num_true=1``).
-        inputs: ``[B, d]`` hidden states (floating point).
-        num_sampled: S, the number of candidates per example.
-        num_classes: V.
-        num_true: T, true classes per example (they share the target mass 1/T).
-        sampled_values: ``(sampled_candidates, true_expected_count, sampled_expected_count)`` from a
-            sampler: candidates ``[S]`` (shared, TF) or ``[B, S]`` (per example), expected counts of the
-            same shape, true counts ``[B, T]`` or ``[B, 1]``. None draws
-            ``log_uniform_candidate_sampler(unique=True, seed=seed)``.
-        remove_accidental_hits: drop a candidate equal to one of its row's true classes (a mask).
-        seed: seed of the default draw.
-        name: accepted for TensorFlow compatibility and ignored.
-"""
 
 
+@fill_doc
 def compute_sampled_logits(
     weights: Weights,
     biases: Optional[Weights],
@@ -141,7 +127,10 @@ def compute_sampled_logits(
 
     With ``remove_accidental_hits`` a hit's logit is the dtype's most negative finite value (TF adds
     −FLT_MAX).
-    """ + _ARGS_DOC + """        subtract_log_q: subtract log E (sampled softmax, NCE); False for negative sampling.
+
+    Args:
+        {tf_sampled_args}
+        subtract_log_q: subtract log E (sampled softmax, NCE); False for negative sampling.
 
     Shape:
         - output: two ``(B, T + S)`` tensors.
@@ -163,6 +152,7 @@ def compute_sampled_logits(
     return logits, targets
 
 
+@fill_doc
 def sampled_softmax_loss(
     weights: Weights,
     biases: Optional[Weights],
@@ -184,7 +174,10 @@ def sampled_softmax_loss(
     accidental hits removed by default). A single [V, d] tensor in fp32/fp64 takes a fused kernel
     (one gather, one GEMM, one exp pass, gradients only for the touched rows); shards, half
     precision and autocast take the general autograd path. Both give TF's numbers.
-    """ + _ARGS_DOC + """
+
+    Args:
+        {tf_sampled_args}
+
     Shape:
         - output: ``(B)``.
 
@@ -204,6 +197,7 @@ def sampled_softmax_loss(
     return _softmax_ce(parts).to(inputs.dtype)
 
 
+@fill_doc
 def nce_loss(
     weights: Weights,
     biases: Optional[Weights],
@@ -223,7 +217,10 @@ def nce_loss(
 
     with ``logits`` from :func:`compute_sampled_logits` (log Q subtracted; hits contribute 0 when
     removed). With ``remove_accidental_hits=True`` this is TF's "Sampled Logistic".
-    """ + _ARGS_DOC + """
+
+    Args:
+        {tf_sampled_args}
+
     Shape:
         - output: ``(B)``.
 
@@ -254,6 +251,10 @@ def compute_accidental_hits(true_classes: Tensor, sampled_candidates: Tensor, nu
         position in sampled_candidates, and −FLT_MAX (the value TF adds to the logit), sorted by
         (row, position).
 
+    Shape:
+        - true_classes: :math:`(B, T)`; sampled_candidates: :math:`(S)`; outputs: three :math:`(H)`
+          tensors, H the number of hits.
+
     Examples::
 
         >>> compute_accidental_hits(torch.tensor([[3], [5]]), torch.tensor([5, 3, 3]), num_true=1)[1]
@@ -274,18 +275,6 @@ def compute_accidental_hits(true_classes: Tensor, sampled_candidates: Tensor, nu
 
 
 # ----------------------------------------------------------------------------- re-exports
-def linear_cross_entropy(*args, **kwargs):
-    """Exact ``F.cross_entropy(F.linear(input, weight, bias), target)`` without the [N, V] logits.
-
-    See :func:`bigsoftmax.ops.lse.linear_cross_entropy` for the arguments.
-    """
-    from .ops.lse import linear_cross_entropy as impl
-
-    return impl(*args, **kwargs)
-
-
-def in_batch_softmax_loss(*args, **kwargs):
-    """In-batch (two-tower) softmax with log Q correction; see :func:`bigsoftmax.retrieval.in_batch_softmax_loss`."""
-    from .retrieval import in_batch_softmax_loss as impl
-
-    return impl(*args, **kwargs)
+# (defined with their kernels; imported here so ``bigsoftmax.functional`` is the one public entry point)
+from .ops.lse import linear_cross_entropy  # noqa: E402
+from .retrieval import in_batch_softmax_loss  # noqa: E402

@@ -75,6 +75,7 @@ class CombinedOptimizer(torch.optim.Optimizer):
 
     @property
     def param_groups(self):
+        """The parameter groups of every wrapped optimizer, in order (for LR schedulers)."""
         return [g for o in self.optimizers for g in o.param_groups]
 
     def step(self, closure=None):

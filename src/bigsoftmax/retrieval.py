@@ -46,8 +46,12 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .ops import sampled as BF
-from ._validate import check_not_meta, check_reduction
+from ._validate import check_reduction
 from .ops.reduce import reduce_loss
+from ._validate import (
+    check_float_matrix as _check_float_matrix, check_ids as _check_ids, check_log_q as _check_log_q,
+    check_num_hard_negatives as _check_num_hard_negatives, check_temperature as _check_temperature,
+)
 
 __all__ = ["in_batch_softmax_loss", "mixed_negatives_loss", "InBatchSoftmax", "MixedNegativeSoftmax"]
 
@@ -55,62 +59,6 @@ LogQ = Union[Tensor, Callable[[Tensor], Tensor]]
 
 
 # ----------------------------------------------------------------------------- validation
-def _check_float_matrix(x, name: str) -> None:
-    if not isinstance(x, Tensor):
-        raise TypeError(f"{name} must be a torch.Tensor, got {type(x).__name__}")
-    if not x.dtype.is_floating_point:
-        raise TypeError(f"{name} must be a floating-point tensor, got dtype {x.dtype}")
-    check_not_meta(**{name: x})
-    if x.dim() != 2:
-        raise ValueError(f"{name} must be 2-D, got shape {tuple(x.shape)}")
-
-
-def _check_ids(ids, n: Optional[int], name: str, num_items: Optional[int] = None) -> Tensor:
-    """ids: a 1-D integer tensor ([n] when n is given), in [0, num_items) when num_items is given."""
-    if not isinstance(ids, Tensor):
-        raise TypeError(f"{name} must be a torch.Tensor of int64 ids, got {type(ids).__name__}")
-    if ids.dtype.is_floating_point or ids.dtype.is_complex or ids.dtype == torch.bool:
-        raise TypeError(f"{name} must hold integer ids (int64), got dtype {ids.dtype}")
-    check_not_meta(**{name: ids})
-    if ids.dim() != 1 or (n is not None and ids.shape[0] != n):
-        raise ValueError(f"{name} must have shape [{n if n is not None else 'n'}], got {tuple(ids.shape)}")
-    if num_items is not None and ids.numel():
-        lo, hi = int(ids.min()), int(ids.max())
-        if lo < 0 or hi >= num_items:
-            raise ValueError(f"{name} contains id {lo if lo < 0 else hi}, outside the allowed range [0, {num_items})")
-    return ids.long()
-
-
-def _check_log_q(log_q, n: int, name: str) -> Tensor:
-    if not isinstance(log_q, Tensor):
-        raise TypeError(f"{name} must be a floating-point torch.Tensor, got {type(log_q).__name__}")
-    if not log_q.dtype.is_floating_point:
-        raise TypeError(f"{name} must be floating point, got dtype {log_q.dtype}")
-    if tuple(log_q.shape) != (n,):
-        raise ValueError(f"{name} must have shape [{n}] (one value per candidate), got {tuple(log_q.shape)}")
-    if n and not bool(torch.isfinite(log_q).all()):
-        raise ValueError(f"{name} must be finite (log of a positive expected count); found NaN or ±inf")
-    return log_q
-
-
-def _check_num_hard_negatives(k) -> None:
-    if k is not None and (isinstance(k, bool) or not isinstance(k, int) or k < 1):
-        raise ValueError(f"num_hard_negatives must be None or an int >= 1, got {k!r}")
-
-
-def _check_temperature(temperature) -> None:
-    if isinstance(temperature, Tensor):
-        if temperature.numel() != 1 or not temperature.dtype.is_floating_point:
-            raise ValueError(f"temperature must be a positive float or a one-element float tensor, got {tuple(temperature.shape)} {temperature.dtype}")
-        t = float(temperature.detach())
-    elif isinstance(temperature, (int, float)) and not isinstance(temperature, bool):
-        t = float(temperature)
-    else:
-        raise TypeError(f"temperature must be a positive float or a one-element tensor, got {type(temperature).__name__}")
-    if not (math.isfinite(t) and t > 0.0):
-        raise ValueError(f"temperature must be a finite number > 0, got {t}")
-
-
 # ----------------------------------------------------------------------------- in-batch softmax
 def in_batch_softmax_loss(
     query: Tensor,
@@ -139,6 +87,16 @@ def in_batch_softmax_loss(
     Returns ``loss_i = logsumexp_{j ∈ K_i} s_ij − s_ii`` with
     ``s_ij = <query_i, candidates_j> / temperature − log q_j`` (see the module docstring), reduced.
     The log-sum-exp runs in fp32 or wider.
+
+    Shape:
+        - query: :math:`(B, d)`; candidates: :math:`(C, d)`, C >= B; candidate_ids, candidate_log_q: :math:`(C)`.
+        - output: scalar, or :math:`(B)` with ``reduction='none'``.
+
+    Examples::
+
+        >>> q, items = torch.randn(8, 16), torch.randn(8, 16)
+        >>> ids = torch.randint(0, 100, (8,))
+        >>> loss = in_batch_softmax_loss(q, items, ids, candidate_log_q=torch.full((8,), -3.0), temperature=0.05)
     """
     _check_float_matrix(query, "query")
     _check_float_matrix(candidates, "candidates")
@@ -263,6 +221,17 @@ def mixed_negatives_loss(
     when ``batch_log_q`` is given, ``log q_j = logaddexp(batch_log_q(j), log E_s(j))`` where
     ``E_s`` is the sampler's expected count (module docstring). Returns the loss of
     :func:`in_batch_softmax_loss` on them.
+
+    Shape:
+        - query, pos_item_emb: :math:`(B, d)`; pos_ids: :math:`(B)`; item_table: :math:`(V, d)`.
+        - output: scalar, or :math:`(B)` with ``reduction='none'``.
+
+    Examples::
+
+        >>> table = torch.randn(1000, 16)
+        >>> pos = torch.randint(0, 1000, (8,))
+        >>> loss = mixed_negatives_loss(torch.randn(8, 16), table[pos], pos, table, num_sampled=32,
+        ...                             generator=torch.Generator().manual_seed(0))
     """
     _check_float_matrix(query, "query")
     _check_float_matrix(pos_item_emb, "pos_item_emb")
@@ -347,6 +316,14 @@ class InBatchSoftmax(_Temperature):
 
     ``forward(query [B, d], candidates [C, d], candidate_ids [C] = None, candidate_log_q [C] = None,
     step = None) -> loss``.
+
+    Shape:
+        - query: :math:`(B, d)`; candidates: :math:`(C, d)`; output: scalar, or :math:`(B)` for ``'none'``.
+
+    Examples::
+
+        >>> loss_fn = InBatchSoftmax(temperature=0.05, learn_temperature=True)
+        >>> loss = loss_fn(torch.randn(8, 16), torch.randn(8, 16), torch.randint(0, 100, (8,)))
     """
 
     def __init__(self, temperature: float = 1.0, learn_temperature: bool = False, min_temperature: float = 0.0,
@@ -389,6 +366,16 @@ class MixedNegativeSoftmax(_Temperature):
 
     ``forward(query [B, d], pos_item_emb [B, d], pos_ids [B], item_table, step=None,
     sampled_values=None) -> loss``.
+
+    Shape:
+        - query, pos_item_emb: :math:`(B, d)`; pos_ids: :math:`(B)`; output: scalar, or :math:`(B)`.
+
+    Examples::
+
+        >>> table = torch.randn(1000, 16)
+        >>> mns = MixedNegativeSoftmax(1000, num_sampled=32, seed=0)
+        >>> pos = torch.randint(0, 1000, (8,))
+        >>> loss = mns(torch.randn(8, 16), table[pos], pos, table)
     """
 
     def __init__(self, num_items: int, num_sampled: int, sampler: Optional[nn.Module] = None,

@@ -36,6 +36,7 @@ from typing import Optional, Sequence, Tuple
 import numpy as np
 import torch
 from torch import Tensor
+from ._validate import check_int_value as _check_int
 
 __all__ = ["Tree", "huffman", "balanced", "two_level", "cluster_assignment", "from_assignment", "from_nested", "BINNINGS"]
 
@@ -95,6 +96,7 @@ class Tree:
 
     @property
     def max_arity(self) -> int:
+        """The largest number of children of a node."""
         return int(self.node_arity.max())
 
     @property
@@ -175,17 +177,6 @@ def _path_slots(classes, leaf_slot, leaf_depth, slot_node, node_parent_slot):
 
 
 # ---------------------------------------------------------------------- validation helpers
-def _check_int(value, name: str, lo: int, hi: Optional[int] = None) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
-        rng = f"[{lo}, {hi}]" if hi is not None else f">= {lo}"
-        raise TypeError(f"{name} must be an int {rng}, got {type(value).__name__}")
-    value = int(value)
-    if value < lo or (hi is not None and value > hi):
-        rng = f"in [{lo}, {hi}]" if hi is not None else f">= {lo}"
-        raise ValueError(f"{name} must be an int {rng}, got {value}")
-    return value
-
-
 def _as_counts(counts, name: str = "counts", allow_zero: bool = False) -> np.ndarray:
     """counts as a float64 numpy vector of length >= 2, finite and positive (or >= 0)."""
     if isinstance(counts, Tensor):

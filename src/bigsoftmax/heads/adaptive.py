@@ -37,6 +37,7 @@ from torch import Tensor, nn
 
 from ..ops.lse import linear_logsumexp
 from .base import Head, chunked_topk
+from .._validate import check_counts, check_cutoffs, check_div_value as _check_div
 
 __all__ = [
     "AdaptiveSoftmax",
@@ -53,80 +54,9 @@ __all__ = [
 # =====================================================================================
 
 
-def check_cutoffs(cutoffs, num_classes: int, name: str = "cutoffs") -> List[int]:
-    """Return ``cutoffs`` as a list of ints, or raise: they must be strictly increasing in (0, V)."""
-    if isinstance(cutoffs, Tensor):
-        cutoffs = cutoffs.tolist()
-    try:
-        cl = list(cutoffs)
-    except TypeError:
-        raise TypeError(f"{name} must be a sequence of ints, got {type(cutoffs).__name__}") from None
-    if len(cl) == 0:
-        raise ValueError(f"{name} must hold at least one cutoff in (0, {num_classes}), got []")
-    out = []
-    for c in cl:
-        if isinstance(c, bool) or not isinstance(c, (int, np.integer)):
-            if isinstance(c, float) and float(c).is_integer():
-                c = int(c)
-            else:
-                raise TypeError(f"{name} must hold ints, got {c!r} in {cl}")
-        out.append(int(c))
-    for a, b in zip(out, out[1:]):
-        if b <= a:
-            raise ValueError(f"{name} must be strictly increasing, got {out} ({b} after {a})")
-    if out[0] <= 0 or out[-1] >= num_classes:
-        raise ValueError(
-            f"every cutoff must lie in (0, num_classes={num_classes}) i.e. 1..{num_classes - 1}, got {out}"
-        )
-    return out
-
-
-def check_counts(counts, num_classes: Optional[int] = None, name: str = "counts") -> np.ndarray:
-    """Validate class counts for frequency-sorted ids; returns a float64 numpy array.
-
-    counts [V]: finite, positive, and non-increasing (id 0 = most frequent), of length
-    ``num_classes`` when given.
-    """
-    if isinstance(counts, Tensor):
-        arr = counts.detach().cpu().double().numpy()
-    else:
-        try:
-            arr = np.asarray(counts, dtype=np.float64)
-        except (TypeError, ValueError):
-            raise TypeError(f"{name} must be a 1-D sequence/tensor of class counts") from None
-    if arr.ndim != 1:
-        raise ValueError(f"{name} must be 1-D (one count per class), got shape {tuple(arr.shape)}")
-    if num_classes is not None and arr.shape[0] != num_classes:
-        raise ValueError(f"{name} must have length num_classes={num_classes}, got {arr.shape[0]}")
-    if arr.shape[0] < 2:
-        raise ValueError(f"{name} must cover at least 2 classes, got {arr.shape[0]}")
-    if not np.all(np.isfinite(arr)):
-        raise ValueError(f"{name} must be finite")
-    bad = np.nonzero(arr <= 0)[0]
-    if bad.size:
-        raise ValueError(f"{name} must be positive, got {arr[bad[0]]!r} at class id {int(bad[0])}")
-    inc = np.nonzero(np.diff(arr) > 0)[0]
-    if inc.size:
-        i = int(inc[0])
-        raise ValueError(
-            f"{name} must be non-increasing: class ids are assumed frequency-sorted (0 = most frequent), "
-            f"but counts[{i}]={arr[i]!r} < counts[{i + 1}]={arr[i + 1]!r}; sort your vocabulary by "
-            "frequency first (bigsoftmax.lm.data does)"
-        )
-    return arr
-
-
 def _tail_dims(in_features: int, div_value: float, num_clusters: int) -> List[int]:
     # exactly torch.nn.AdaptiveLogSoftmaxWithLoss: int(in_features // div_value ** (i + 1))
     return [int(in_features // (div_value ** (i + 1))) for i in range(num_clusters)]
-
-
-def _check_div(div_value) -> float:
-    if isinstance(div_value, bool) or not isinstance(div_value, (int, float)) or not (
-        math.isfinite(div_value) and div_value > 0
-    ):
-        raise ValueError(f"div_value must be a positive finite number, got {div_value!r}")
-    return float(div_value)
 
 
 # =====================================================================================
@@ -323,7 +253,7 @@ def _as_param(obj, name: str) -> nn.Parameter:
 
 
 class AdaptiveSoftmax(Head):
-    """Adaptive softmax head (Grave et al. 2017), ``torch.nn.AdaptiveLogSoftmaxWithLoss``-compatible.
+    r"""Adaptive softmax head (Grave et al. 2017), ``torch.nn.AdaptiveLogSoftmaxWithLoss``-compatible.
 
     Args:
         in_features: d. num_classes: V (ids frequency-sorted, 0 = most frequent).
@@ -341,6 +271,20 @@ class AdaptiveSoftmax(Head):
 
     Parameters: ``head_weight [c_1 + J, d]`` (or ``cluster_weight [J, d]`` with tied shortlist),
     ``head_bias_param [c_1 + J]``, ``tail_proj[j] [d_j, d]``, ``tail_weight[j] [k_j, d_j]``.
+
+    .. math::
+        \log p(c \mid h) = \begin{cases} \log \operatorname{softmax}(W_h h)_c & c < c_1 \\
+            \log \operatorname{softmax}(W_h h)_{c_1 + j} + \log \operatorname{softmax}(T_j P_j h)_{c - s_j}
+            & c \text{ in tail cluster } j \end{cases}
+
+    Shape:
+        - hidden: :math:`(*, d)`; target: :math:`(*)`; output: scalar, or :math:`(*)` for ``'none'``.
+
+    Examples::
+
+        >>> head = AdaptiveSoftmax(64, 10_000, cutoffs=[1000, 5000], div_value=4.0)
+        >>> loss = head(torch.randn(8, 64), torch.randint(0, 10_000, (8,)))
+        >>> logp, ids = head.topk(torch.randn(8, 64), 5)
     """
 
     def __init__(

@@ -33,6 +33,7 @@ from typing import Optional, Tuple
 import torch
 from torch import Tensor, nn
 
+from .._docs import fill_doc
 from .._validate import check_ignore_index, check_module_not_meta, check_not_meta, check_reduction, check_target
 from ..ops.lse import linear_logsumexp
 from ..ops.reduce import reduce_loss
@@ -75,8 +76,31 @@ def chunked_topk(score_chunk, num_classes: int, n: int, k: int, chunk: int, devi
     return best_v, best_i
 
 
+@fill_doc
 class Head(nn.Module):
-    """Base class of every bigsoftmax output layer (see the module docstring for the protocol)."""
+    r"""Base class of every bigsoftmax output layer (see the module docstring for the protocol).
+
+    A head maps hidden states to a distribution over V classes, :math:`p(c \mid h)`, and trains
+    with its own objective (sampled, tree, margin, …) while evaluating exactly.
+
+    {head_modes}
+
+    Args:
+        in_features: d, the size of a hidden state (int >= 1).
+        num_classes: V, the number of classes (int >= 2).
+        {ignore_index}
+        {reduction}
+
+    Shape:
+        {head_shape}
+
+    Examples::
+
+        >>> head = bigsoftmax.heads.FullSoftmax(16, 1000)
+        >>> h, y = torch.randn(4, 7, 16), torch.randint(0, 1000, (4, 7))
+        >>> head(h, y).shape, head.log_prob(h).shape, head.topk(h, 5)[1].shape
+        (torch.Size([]), torch.Size([4, 7, 1000]), torch.Size([4, 7, 5]))
+    """
 
     in_features: int
     num_classes: int
@@ -129,8 +153,29 @@ class Head(nn.Module):
         return h, target.reshape(-1).long()
 
     # ----------------------------------------------------------------- training
+    @fill_doc
     def forward(self, hidden: Tensor, target: Tensor) -> Tensor:
-        """Training loss (train mode) or the exact NLL (eval mode): [..., d], [...] -> scalar or [...]."""
+        r"""Training loss (train mode) or the exact NLL (eval mode): [..., d], [...] -> scalar or [...].
+
+        .. math::
+            \ell_i = \begin{cases} \text{the head's objective}(h_i, y_i) & \text{training} \\
+                     -\log p(y_i \mid h_i) & \text{evaluation} \end{cases}
+
+        reduced over the rows whose target is not ``ignore_index`` (``self.reduction``).
+
+        Args:
+            hidden: hidden states ``[..., d]``.
+            target: int64 class ids ``[...]`` (the leading shape of ``hidden``).
+
+        Shape:
+            {head_shape}
+
+        Examples::
+
+            >>> head = bigsoftmax.heads.FullSoftmax(16, 1000)
+            >>> loss = head(torch.randn(8, 16), torch.randint(0, 1000, (8,)))
+            >>> loss.backward()
+        """
         h, y = self._flat_pair(hidden, target)
         keep = y != self.ignore_index
         all_kept = bool(keep.all())
@@ -143,12 +188,51 @@ class Head(nn.Module):
 
     # ----------------------------------------------------------------- exact evaluation
     def log_prob(self, hidden: Tensor) -> Tensor:
-        """Exact normalised log-probabilities over all classes: [..., d] -> [..., V]."""
+        r"""Exact normalised log-probabilities over all classes: [..., d] -> [..., V].
+
+        .. math::
+            \log p(c \mid h) \text{ for } c = 0, \dots, V - 1, \qquad \textstyle\sum_c p(c \mid h) = 1
+
+        (fp32 or wider). The only protocol method that returns ``[N, V]``; use
+        :meth:`target_log_prob` or :meth:`topk` when V is large.
+
+        Args:
+            hidden: hidden states ``[..., d]``.
+
+        Shape:
+            - hidden: :math:`(*, d)`; output: :math:`(*, V)`.
+
+        Examples::
+
+            >>> head = bigsoftmax.heads.FullSoftmax(16, 1000)
+            >>> head.log_prob(torch.randn(8, 16)).exp().sum(-1)  # doctest: +SKIP
+            tensor([1.0000, 1.0000, ...])
+        """
         h = self._flat_hidden(hidden)
         return self._log_prob(h).reshape(*hidden.shape[:-1], self.num_classes)
 
     def target_log_prob(self, hidden: Tensor, target: Tensor) -> Tensor:
-        """Exact log p(target | hidden): [..., d], [...] -> [...]. Ignored positions give 0."""
+        r"""Exact log p(target | hidden): [..., d], [...] -> [...]. Ignored positions give 0.
+
+        .. math::
+            \log p(y \mid h) = z_y(h) - \log \textstyle\sum_c e^{z_c(h)}
+
+        for the softmax heads (tree heads: the sum of the log-probabilities along the path to y),
+        computed over class chunks, never holding ``[N, V]``; differentiable.
+
+        Args:
+            hidden: hidden states ``[..., d]``.
+            target: int64 class ids ``[...]`` (``ignore_index`` allowed: 0 there).
+
+        Shape:
+            - hidden: :math:`(*, d)`; target: :math:`(*)`; output: :math:`(*)` (fp32 or wider).
+
+        Examples::
+
+            >>> head = bigsoftmax.heads.FullSoftmax(16, 1000)
+            >>> h, y = torch.randn(8, 16), torch.randint(0, 1000, (8,))
+            >>> ppl = head.target_log_prob(h, y).mean().neg().exp()
+        """
         h, y = self._flat_pair(hidden, target)
         keep = y != self.ignore_index
         out = h.new_zeros(y.shape[0], dtype=torch.promote_types(h.dtype, torch.float32))
@@ -157,7 +241,26 @@ class Head(nn.Module):
         return out.reshape(target.shape)
 
     def topk(self, hidden: Tensor, k: int) -> Tuple[Tensor, Tensor]:
-        """Exact top-k classes by log-probability: [..., d] -> ([..., k] log-probs, [..., k] ids)."""
+        r"""Exact top-k classes by log-probability: [..., d] -> ([..., k] log-probs, [..., k] ids).
+
+        .. math::
+            \operatorname{topk}_c \log p(c \mid h)
+
+        sorted in decreasing order; a running best list over class slices (memory O(N (k + chunk))),
+        or a beam for tree heads that is exact by bounds. No gradient.
+
+        Args:
+            hidden: hidden states ``[..., d]``.
+            k: int in ``[1, V]``.
+
+        Shape:
+            - hidden: :math:`(*, d)`; output: two :math:`(*, k)` tensors (log-probs, int64 ids).
+
+        Examples::
+
+            >>> head = bigsoftmax.heads.FullSoftmax(16, 1000)
+            >>> logp, ids = head.topk(torch.randn(8, 16), k=5)
+        """
         if not isinstance(k, int) or isinstance(k, bool) or not 1 <= k <= self.num_classes:
             raise ValueError(f"k must be an int in [1, {self.num_classes}], got {k!r}")
         h = self._flat_hidden(hidden)
@@ -194,9 +297,11 @@ class LinearEvalMixin:
     """
 
     def eval_weight(self) -> Tensor:  # pragma: no cover - abstract
+        """The ``[V, d]`` class rows ``W'`` of the evaluation logits ``x' @ W'.T + b'``."""
         raise NotImplementedError
 
     def eval_bias(self) -> Optional[Tensor]:
+        """The ``[V]`` bias ``b'`` of the evaluation logits, or None."""
         return None
 
     def _eval_linear(self, h: Tensor) -> Tuple[Tensor, Tensor, Optional[Tensor]]:

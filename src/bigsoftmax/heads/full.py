@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 from typing import Optional
 
 import torch
@@ -10,6 +9,7 @@ from torch import Tensor, nn
 
 from .._validate import check_chunk_size, check_class_weight, check_ignore_index, check_label_smoothing
 from ..ops.lse import linear_cross_entropy
+from ._init import init_class_rows, tie_class_rows
 from .base import Head, LinearEvalMixin
 
 __all__ = ["FullSoftmax"]
@@ -77,15 +77,7 @@ class FullSoftmax(LinearEvalMixin, Head):
         self.chunk_size = chunk_size
 
         if weight is not None:
-            if not isinstance(weight, nn.Parameter):
-                raise TypeError(
-                    f"weight must be an nn.Parameter to tie to (e.g. embedding.weight), got {type(weight).__name__}"
-                )
-            if tuple(weight.shape) != (num_classes, in_features):
-                raise ValueError(
-                    f"weight must have shape [num_classes={num_classes}, in_features={in_features}], got {tuple(weight.shape)}"
-                )
-            self.weight = weight
+            self.weight = tie_class_rows(weight, num_classes, in_features)
         else:
             self.weight = nn.Parameter(torch.empty(num_classes, in_features))
         if bias:
@@ -100,12 +92,7 @@ class FullSoftmax(LinearEvalMixin, Head):
 
     def reset_parameters(self, reset_weight: bool = True) -> None:
         """``nn.Linear``'s initialisation: U(−1/√d, 1/√d) for weight (unless tied) and bias."""
-        bound = 1.0 / math.sqrt(self.in_features)
-        with torch.no_grad():
-            if reset_weight:
-                nn.init.kaiming_uniform_(self.weight, a=math.sqrt(5))
-            if self.bias is not None:
-                nn.init.uniform_(self.bias, -bound, bound)
+        init_class_rows(self.weight if reset_weight else None, self.bias, "linear", fan_in=self.in_features)
 
     @classmethod
     def from_linear(cls, linear: nn.Linear, **kwargs) -> "FullSoftmax":

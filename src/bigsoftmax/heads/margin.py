@@ -50,7 +50,9 @@ from .._validate import check_real as _check_float
 from ..ops.lse import linear_cross_entropy, linear_logsumexp
 from ..ops.reduce import reduce_loss
 from .base import Head, LinearEvalMixin
-from .sampled import draw_candidates
+from ._candidates import CandidateMixin, build_sampler, seeded_generator
+from ._init import init_class_rows, tie_class_rows
+from .._validate import check_scale as _check_scale
 
 __all__ = [
     "chebyshev_cos",
@@ -287,21 +289,13 @@ class LambdaSchedule:
 # ============================================================================ shared module plumbing
 def _init_weight(weight: Optional[Tensor], num_classes: int, in_features: int) -> nn.Parameter:
     if weight is not None:
-        if not isinstance(weight, Tensor):
-            raise TypeError(f"weight must be a [num_classes, in_features] tensor/Parameter, got {type(weight).__name__}")
-        if tuple(weight.shape) != (num_classes, in_features):
-            raise ValueError(
-                f"weight must have shape [num_classes={num_classes}, in_features={in_features}], got {tuple(weight.shape)}"
-            )
-        if not weight.dtype.is_floating_point:
-            raise TypeError(f"weight must be floating point, got dtype {weight.dtype}")
-        return weight if isinstance(weight, nn.Parameter) else nn.Parameter(weight)
+        return tie_class_rows(weight, num_classes, in_features, plain_tensor="wrap")
     w = nn.Parameter(torch.empty(num_classes, in_features))
-    nn.init.normal_(w, std=1.0 / math.sqrt(in_features))
+    init_class_rows(w)  # the default scheme: N(0, 1/d), isotropic class centres
     return w
 
 
-class MarginHead(LinearEvalMixin, Head):
+class MarginHead(CandidateMixin, LinearEvalMixin, Head):
     """Base of the angular/additive margin heads (see the module docstring for the formulas).
 
     Parameters: ``weight [V, d]`` (class centres; no bias, as in all four papers). Subclasses set
@@ -374,32 +368,16 @@ class MarginHead(LinearEvalMixin, Head):
             if sampler is not None or sparse:
                 raise ValueError("sampler= and sparse=True need num_sampled (sampled training); got num_sampled=None")
         else:
-            self.sampler = self._make_sampler(sampler, num_classes, num_sampled)
+            from .. import samplers as S
+
+            self.sampler = build_sampler(sampler, num_classes, num_sampled, lambda v: S.Uniform(v, unique=True))
             if self.include_batch_positives and not self.remove_accidental_hits:
                 raise ValueError("include_batch_positives=True needs remove_accidental_hits=True "
                                  "(else each example's own positive would also count as a negative)")
             if self.include_batch_positives and self.subtract_log_q:
                 raise ValueError("subtract_log_q=True needs include_batch_positives=False: the added batch positives "
                                  "have no proposal probability Q")
-        self.generator = torch.Generator()
-        self.generator.manual_seed(int(seed) if seed is not None else int(torch.randint(0, 2**62, (1,))))
-
-    @staticmethod
-    def _make_sampler(sampler, num_classes: int, num_sampled: int):
-        from .. import samplers as S
-
-        if sampler is None:
-            sampler = S.Uniform(num_classes, unique=True)
-        if not hasattr(sampler, "sample") or not hasattr(sampler, "range_max"):
-            raise TypeError(f"sampler must be a bigsoftmax.samplers sampler (with .sample and .range_max), "
-                            f"got {type(sampler).__name__}")
-        if sampler.range_max != num_classes:
-            raise ValueError(f"sampler.range_max={sampler.range_max} must equal num_classes={num_classes}")
-        limit = getattr(sampler, "num_valid", num_classes)
-        if getattr(sampler, "unique", False) and num_sampled > limit:
-            raise ValueError(f"num_sampled={num_sampled} exceeds the {limit} classes the unique sampler can draw; "
-                             f"use num_sampled in [1, {limit}]")
-        return sampler
+        self.generator = seeded_generator(seed)
 
     # ----------------------------------------------------------------- what subclasses define
     @property
@@ -453,10 +431,6 @@ class MarginHead(LinearEvalMixin, Head):
             return margin_softmax_loss(h, self.weight, y, fn, scale=self.scale, normalize_features=self.normalize_features,
                                        normalize_weights=self.normalize_weights, eps=self.eps, chunk=self.eval_chunk)
         return self._sampled_loss(h, y, fn)
-
-    def draw(self, labels: Tensor):
-        """Draw ``num_sampled`` candidates for labels [N, 1] with ``self.generator`` (see :func:`draw_candidates`)."""
-        return draw_candidates(self.sampler, labels, self.num_sampled, self.generator, update=self.training)
 
     def candidates(self, y: Tensor, sampled_values=None):
         """The step's candidate set ``(ids [S'], true_expected [N, 1], sampled_expected [S'])``.
@@ -518,10 +492,6 @@ class MarginHead(LinearEvalMixin, Head):
         return reduce_loss(per, keep, target.shape, self.reduction)
 
 
-def _check_scale(s) -> float:
-    return _check_float("s", s, 0.0, lo_open=True)
-
-
 class _AnnealedMixin:
     """λ (fixed float or :class:`LambdaSchedule`) with an ``iteration`` buffer counted in training forwards."""
 
@@ -559,6 +529,21 @@ class LargeMarginSoftmax(_AnnealedMixin, MarginHead):
     the plain softmax without bias). ``lambda_schedule``: a fixed λ >= 0 (default 0: full margin, as in
     pytorch-metric-learning) or a :class:`LambdaSchedule` annealed per training forward.
     Evaluation logits: ``W x`` (margin-free, no bias). ``embed`` returns ``x`` unchanged.
+
+    Args:
+        in_features: d. num_classes: V.
+        m: the integer angular margin (>= 1).
+        lambda_schedule: a fixed λ >= 0, a :class:`LambdaSchedule`, or None (λ = 0).
+        **kwargs: as :class:`MarginHead` (``num_sampled``, ``sampler``, ``sparse``, ``seed``,
+            ``weight``, ``eps``, ``ignore_index``, ``reduction``, …).
+
+    Shape:
+        - hidden: :math:`(*, d)`; target: :math:`(*)`; output: scalar, or :math:`(*)` for ``'none'``.
+
+    Examples::
+
+        >>> head = LargeMarginSoftmax(32, 10, m=4)
+        >>> loss = head(torch.randn(8, 32), torch.randint(0, 10, (8,)))
     """
 
     normalize_features = False
@@ -580,6 +565,20 @@ class AngularSoftmax(_AnnealedMixin, MarginHead):
     ``f_j = ‖x‖ cos θ_j = ŵ_j · x``. m = 4 (paper). ``lambda_schedule`` defaults to the SphereFace
     annealing :class:`LambdaSchedule` (base 1000, gamma 0.12, power 1, lambda_min 5); pass 0.0 for
     the pure margin. Evaluation logits ``‖x‖ cos θ_j``. ``embed`` returns ``x`` (compare with cosine).
+
+    Args:
+        in_features: d. num_classes: V.
+        m: the integer angular margin (>= 1).
+        lambda_schedule: a fixed λ >= 0 or a :class:`LambdaSchedule` (default: SphereFace's).
+        **kwargs: as :class:`MarginHead`.
+
+    Shape:
+        - hidden: :math:`(*, d)`; target: :math:`(*)`; output: scalar, or :math:`(*)` for ``'none'``.
+
+    Examples::
+
+        >>> head = AngularSoftmax(32, 10, m=4, lambda_schedule=0.0)
+        >>> loss = head(torch.randn(8, 32), torch.randint(0, 10, (8,)))
     """
 
     normalize_features = False
@@ -602,6 +601,20 @@ class AdditiveMarginSoftmax(MarginHead):
 
     Features and class weights are L2-normalised (``eps`` guards zero vectors). Evaluation logits
     ``s cos θ_j``; ``embed`` returns ``x̂``. m >= 0 (m = 0: normalised softmax), s > 0.
+
+    Args:
+        in_features: d. num_classes: V.
+        s: logit scale (> 0). m: additive cosine margin (>= 0).
+        **kwargs: as :class:`MarginHead`.
+
+    Shape:
+        - hidden: :math:`(*, d)`; target: :math:`(*)`; output: scalar, or :math:`(*)` for ``'none'``.
+
+    Examples::
+
+        >>> head = AdditiveMarginSoftmax(32, 1000, s=30.0, m=0.35)
+        >>> loss = head(torch.randn(8, 32), torch.randint(0, 1000, (8,)))
+        >>> emb = head.embed(torch.randn(8, 32))   # unit-norm verification features
     """
 
     def __init__(self, in_features: int, num_classes: int, s: float = 30.0, m: float = 0.35, **kwargs):
@@ -621,7 +634,22 @@ class AdditiveMarginSoftmax(MarginHead):
 
 
 class CosFace(AdditiveMarginSoftmax):
-    """CosFace / LMCL (Wang et al. 2018): AM-Softmax with the CosFace paper's s = 64, m = 0.35."""
+    """CosFace / LMCL (Wang et al. 2018): AM-Softmax with the CosFace paper's s = 64, m = 0.35.
+
+    ``f_y = s (cos θ_y − m)``, ``f_j = s cos θ_j``.
+
+    Args:
+        in_features: d. num_classes: V. s: logit scale (> 0). m: cosine margin (>= 0).
+        **kwargs: as :class:`MarginHead`.
+
+    Shape:
+        - hidden: :math:`(*, d)`; target: :math:`(*)`; output: scalar, or :math:`(*)` for ``'none'``.
+
+    Examples::
+
+        >>> head = CosFace(32, 1000)
+        >>> loss = head(torch.randn(8, 32), torch.randint(0, 1000, (8,)))
+    """
 
     def __init__(self, in_features: int, num_classes: int, s: float = 64.0, m: float = 0.35, **kwargs):
         super().__init__(in_features, num_classes, s=s, m=m, **kwargs)
@@ -633,6 +661,22 @@ class ArcFace(MarginHead):
     Past θ_y > π − m the target uses insightface's ``cos θ − m sin m`` (see :func:`arc_margin_cos`);
     ``easy_margin=True`` applies the margin only where cos θ_y > 0. Evaluation logits ``s cos θ_j``;
     ``embed`` returns ``x̂``. m in [0, π/2] radians (pytorch-metric-learning takes degrees: 28.6° ≈ 0.5).
+
+    Args:
+        in_features: d. num_classes: V.
+        s: logit scale (> 0). m: additive angular margin in radians, in [0, π/2].
+        easy_margin: apply the margin only where cos θ_y > 0.
+        **kwargs: as :class:`MarginHead` (e.g. ``num_sampled=`` for Partial-FC training).
+
+    Shape:
+        - hidden: :math:`(*, d)`; target: :math:`(*)`; output: scalar, or :math:`(*)` for ``'none'``.
+
+    Examples::
+
+        >>> head = ArcFace(32, 1000, s=64.0, m=0.5)
+        >>> loss = head(torch.randn(8, 32), torch.randint(0, 1000, (8,)))
+        >>> pfc = ArcFace(32, 100_000, num_sampled=256, sparse=True, seed=0)
+        >>> loss = pfc(torch.randn(8, 32), torch.randint(0, 100_000, (8,)))
     """
 
     def __init__(self, in_features: int, num_classes: int, s: float = 64.0, m: float = 0.5,

@@ -57,7 +57,8 @@ class NCE(SamplingHead):
     hidden [..., d], target [...] (or [..., num_true]) -> loss (see the module docstring for the
     formula). Training mode returns the NCE objective; eval mode returns the exact full-softmax NLL.
 
-    Args (as :class:`~bigsoftmax.heads.SampledSoftmax`, plus):
+    Args:
+        (as :class:`~bigsoftmax.heads.SampledSoftmax`, plus)
         remove_accidental_hits: default False (TF's ``nce_loss`` default).
         counts: optional [V] class counts; builds ``samplers.Unigram(counts, distortion, unique=True)``
             as the noise distribution (mutually exclusive with ``sampler``). Default noise without
@@ -141,7 +142,19 @@ class NCE(SamplingHead):
 class SampledLogistic(NCE):
     """NCE with accidental hits removed by default — TF's "Sampled Logistic" (``nce_loss`` with
     ``remove_accidental_hits=True``): a sampled candidate equal to a true class is dropped from
-    that row instead of being pushed down as noise. Arguments as :class:`NCE`."""
+    that row instead of being pushed down as noise.
+
+    Args:
+        as :class:`NCE` (``remove_accidental_hits`` defaults to True).
+
+    Shape:
+        as :class:`NCE`.
+
+    Examples::
+
+        >>> head = SampledLogistic(16, 1000, num_sampled=64, seed=0)
+        >>> loss = head(torch.randn(8, 16), torch.randint(0, 1000, (8,)))
+    """
 
     _default_hits = True
 
@@ -154,7 +167,20 @@ class NegativeSampling(NCE):
     drawn with replacement) built from ``counts=`` [V]; or pass any ``sampler=``. One of them is
     required. Accidental hits are kept by default (as in word2vec). The scores learn
     ``log(P(c|h) / (S·Q(c)))`` (see the module docstring), so exact-evaluation perplexity is expected
-    to be worse than NCE's. Other arguments as :class:`NCE`.
+    to be worse than NCE's.
+
+    Args:
+        counts: ``[V]`` class counts for the unigram^``distortion`` noise (or pass ``sampler=``).
+        distortion: exponent of the counts (default 0.75).
+        others: as :class:`NCE` (``bias_init`` defaults to 0).
+
+    Shape:
+        as :class:`NCE`.
+
+    Examples::
+
+        >>> head = NegativeSampling(16, 1000, num_sampled=5, counts=torch.arange(1000, 0, -1).double(), seed=0)
+        >>> loss = head(torch.randn(8, 16), torch.randint(0, 1000, (8,)))
     """
 
     _subtract_log_q = False

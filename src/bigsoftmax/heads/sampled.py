@@ -8,19 +8,22 @@ example. Heads with context-free samplers keep the two-argument protocol.
 
 from __future__ import annotations
 
-import math
 from typing import Optional
 
 import torch
 from torch import Tensor, nn
 
 from ..ops import sampled as ops
+from ._candidates import CandidateMixin, build_sampler, draw_candidates, seeded_generator
+from ._init import init_class_rows, tie_class_rows
 from .base import Head, LinearEvalMixin, check_target, reduce_loss
+from .._validate import check_choice, check_int
+from .._validate import check_per_row_values as _check_per_row
 
 __all__ = ["SampledSoftmax", "SamplingHead", "draw_candidates"]
 
 
-class SamplingHead(LinearEvalMixin, Head):
+class SamplingHead(CandidateMixin, LinearEvalMixin, Head):
     """Common state of the heads trained on sampled candidates (sampled softmax, NCE, …).
 
     Parameters: ``weight [V, d]`` (row c is class c's output embedding: the ``nn.Embedding`` /
@@ -58,6 +61,13 @@ class SamplingHead(LinearEvalMixin, Head):
     Shape:
         - hidden: ``(*, d)``; target: ``(*)`` (or ``(*, num_true)``); context: ``(*)``.
         - output: scalar, or ``(*)`` with ``reduction='none'``.
+
+    Examples::
+
+        >>> head = SampledSoftmax(16, 1000, num_sampled=64, seed=0)   # a SamplingHead subclass
+        >>> ids, true_exp, samp_exp = head.draw(torch.tensor([[3], [7]]))
+        >>> ids.shape
+        torch.Size([64])
     """
 
     def __init__(
@@ -77,41 +87,24 @@ class SamplingHead(LinearEvalMixin, Head):
         gather: str = "unique",
     ):
         super().__init__(in_features, num_classes, ignore_index, reduction)
-        if gather not in ops.GATHER_MODES:
-            raise ValueError(f"gather must be one of {ops.GATHER_MODES}, got {gather!r}")
-        self.gather = gather
-        if not isinstance(num_sampled, int) or isinstance(num_sampled, bool) or num_sampled < 1:
-            raise ValueError(f"num_sampled must be an int >= 1, got {num_sampled!r}")
-        if not isinstance(num_true, int) or isinstance(num_true, bool) or num_true < 1:
-            raise ValueError(f"num_true must be an int >= 1, got {num_true!r}")
+        self.gather = check_choice("gather", gather, ops.GATHER_MODES)
+        check_int("num_sampled", num_sampled, 1)
+        check_int("num_true", num_true, 1)
         from .. import samplers as S
 
-        if sampler is None:
-            sampler = S.LogUniform(num_classes, unique=True)
-        if not hasattr(sampler, "sample") or not hasattr(sampler, "range_max"):
-            raise TypeError(f"sampler must be a bigsoftmax.samplers sampler (with .sample and .range_max), got {type(sampler).__name__}")
-        if sampler.range_max != num_classes:
-            raise ValueError(f"sampler.range_max={sampler.range_max} must equal num_classes={num_classes}")
-        if getattr(sampler, "unique", False) and num_sampled > _support_size(sampler):
-            raise ValueError(
-                f"num_sampled={num_sampled} exceeds the {_support_size(sampler)} classes the unique sampler can draw; "
-                f"use num_sampled in [1, {_support_size(sampler)}] or a sampler with unique=False"
-            )
+        sampler = build_sampler(sampler, num_classes, num_sampled, lambda v: S.LogUniform(v, unique=True))
         self.num_sampled = num_sampled
         self.num_true = num_true
         self.remove_accidental_hits = bool(remove_accidental_hits)
         self.sparse = bool(sparse)
         self.sampler = sampler
         if weight is not None:
-            if tuple(weight.shape) != (num_classes, in_features):
-                raise ValueError(f"weight must have shape [num_classes={num_classes}, in_features={in_features}], got {tuple(weight.shape)}")
-            self.weight = weight
+            self.weight = tie_class_rows(weight, num_classes, in_features, plain_tensor="keep")
         else:
             self.weight = nn.Parameter(torch.empty(num_classes, in_features))
-            nn.init.normal_(self.weight, std=1.0 / math.sqrt(in_features))
+            init_class_rows(self.weight)  # the default scheme: N(0, 1/d)
         self.bias = nn.Parameter(torch.zeros(num_classes)) if bias else None
-        self.generator = torch.Generator()
-        self.generator.manual_seed(int(seed) if seed is not None else int(torch.randint(0, 2**62, (1,))))
+        self.generator = seeded_generator(seed)
 
     # ----------------------------------------------------------------- protocol plumbing
     def eval_weight(self) -> Tensor:
@@ -200,10 +193,6 @@ class SamplingHead(LinearEvalMixin, Head):
         check_target(context[:0], self.num_classes, None, name="context")  # dtype only; range after dropping ignored rows
         return context.reshape(-1).long()
 
-    def draw(self, labels: Tensor, context: Optional[Tensor] = None):
-        """Draw ``num_sampled`` candidates for labels [N, num_true] (see :func:`draw_candidates`)."""
-        return draw_candidates(self.sampler, labels, self.num_sampled, self.generator, update=self.training, context=context)
-
     def _sampled_loss(self, h: Tensor, y: Tensor, sampled_values, context=None) -> Tensor:  # pragma: no cover - abstract
         raise NotImplementedError
 
@@ -223,39 +212,6 @@ class SamplingHead(LinearEvalMixin, Head):
         return -self._target_log_prob(h, y)
 
 
-def _check_per_row(sampled_values, batch: int):
-    """Refuse per-example ``sampled_values`` whose rows disagree with the batch before any row is selected."""
-    if not (isinstance(sampled_values, (tuple, list)) and len(sampled_values) == 3
-            and all(isinstance(t, Tensor) for t in sampled_values)):
-        raise TypeError("sampled_values must be a tuple of three tensors (sampled_candidates, true_expected_count, "
-                        "sampled_expected_count)")
-    for name, t in zip(("sampled_candidates", "true_expected_count", "sampled_expected_count"), sampled_values):
-        if (t.dim() == 2 or name == "true_expected_count") and (t.dim() == 0 or t.shape[0] != batch):
-            raise ValueError(f"sampled_values: {name} must have {batch} rows (one per target row), got shape {tuple(t.shape)}")
-    return tuple(sampled_values)
-
-
-def draw_candidates(sampler, labels: Tensor, num_sampled: int, generator: torch.Generator, update: bool = True,
-                    context: Optional[Tensor] = None):
-    """Draw ``num_sampled`` candidates for labels [N, num_true]; then, as TF does, let a learned
-    sampler count this batch's labels (so they shape the next draws, not this one).
-
-    A context-dependent sampler (``sampler.context_dependent``) gets ``context`` [N] and returns
-    per-example candidates ``[N, S]``."""
-    if getattr(sampler, "context_dependent", False):
-        out = sampler.sample(labels, num_sampled, generator=generator, context=context)
-    else:
-        out = sampler.sample(labels, num_sampled, generator=generator)
-    if update and hasattr(sampler, "update"):
-        sampler.update(labels)
-    return out
-
-
-def _support_size(sampler) -> int:
-    """Number of classes a sampler can draw (ids with nonzero probability)."""
-    return int(getattr(sampler, "num_valid", sampler.range_max))
-
-
 class SampledSoftmax(SamplingHead):
     """Sampled softmax head: ``tf.nn.sampled_softmax_loss`` as an output layer.
 
@@ -269,7 +225,16 @@ class SampledSoftmax(SamplingHead):
     the full cross-entropy. With a context-dependent sampler (``samplers.Bigram``) the candidates
     ``c_{b,1..S}`` and counts ``E(c | prev_b)`` are drawn per example: pass ``context=``. fp32/fp64
     take a fused kernel (see :func:`bigsoftmax.functional.fused_sampled_softmax`); half precision and
-    autocast take the general autograd path (log-softmax in fp32). Arguments as :class:`SamplingHead`.
+    autocast take the general autograd path (log-softmax in fp32).
+
+    Args:
+        as :class:`SamplingHead` (``in_features``, ``num_classes``, ``num_sampled``, ``sampler``,
+        ``num_true``, ``remove_accidental_hits``, ``bias``, ``sparse``, ``ignore_index``,
+        ``reduction``, ``seed``, ``weight``, ``gather``).
+
+    Shape:
+        - hidden: ``(*, d)``; target: ``(*)`` (or ``(*, num_true)``); context: ``(*)``.
+        - output: scalar, or ``(*)`` with ``reduction='none'``.
 
     Examples::
 

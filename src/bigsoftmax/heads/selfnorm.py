@@ -30,19 +30,15 @@ from torch import Tensor, nn
 from .._validate import check_chunk_size, check_reduction, check_target
 from ..ops.lse import linear_logsumexp
 from ..ops.reduce import reduce_loss
+from ._init import init_class_rows, tie_class_rows
 from .base import Head, LinearEvalMixin
+from .._validate import check_alpha as _check_alpha
 
 __all__ = [
     "SelfNormalizedSoftmax",
     "self_normalized_softmax_loss",
     "SelfNormalizationReport",
 ]
-
-
-def _check_alpha(alpha) -> float:
-    if isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or not (math.isfinite(alpha) and alpha >= 0):
-        raise ValueError(f"alpha must be a finite number >= 0, got {alpha!r}")
-    return float(alpha)
 
 
 def self_normalized_softmax_loss(
@@ -137,14 +133,7 @@ class SelfNormalizedSoftmax(LinearEvalMixin, Head):
         self.alpha = _check_alpha(alpha)
         self.chunk_size = check_chunk_size(chunk_size)
         if weight is not None:
-            if not isinstance(weight, nn.Parameter):
-                raise TypeError(f"weight must be an nn.Parameter (to tie it), got {type(weight).__name__}")
-            if tuple(weight.shape) != (num_classes, in_features):
-                raise ValueError(
-                    f"weight must have shape [num_classes={num_classes}, in_features={in_features}], "
-                    f"got {tuple(weight.shape)}"
-                )
-            self.weight = weight
+            self.weight = tie_class_rows(weight, num_classes, in_features)
             self._tied = True
         else:
             self.weight = nn.Parameter(torch.empty(num_classes, in_features, device=device, dtype=dtype))
@@ -156,11 +145,8 @@ class SelfNormalizedSoftmax(LinearEvalMixin, Head):
     @torch.no_grad()
     def reset_parameters(self, generator: Optional[torch.Generator] = None) -> None:
         """weight ~ uniform(+-1/sqrt(d)) (left alone when tied); bias = log(1/V) so log Z starts near 0."""
-        if not self._tied:
-            bound = 1.0 / math.sqrt(self.in_features)
-            self.weight.uniform_(-bound, bound, generator=generator)
-        if self.bias is not None:
-            self.bias.fill_(-math.log(self.num_classes))
+        init_class_rows(None if self._tied else self.weight, self.bias, "uniform", bias_value=-math.log(self.num_classes),
+                        generator=generator)
 
     def extra_repr(self) -> str:
         return (

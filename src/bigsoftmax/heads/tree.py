@@ -53,6 +53,7 @@ from ..ops.tree import acc_dtype as _acc
 from ..ops.tree import gather_scores as _gather_scores
 from ..ops.tree import grouped_scores as _grouped_scores
 from ..ops.tree import mask_value as _neg
+from ._init import init_class_rows
 from .base import Head
 
 __all__ = ["TreeSoftmax", "HierarchicalSoftmax", "ClassBasedSoftmax", "segment_log_softmax"]
@@ -138,6 +139,16 @@ class TreeSoftmax(Head):
     :meth:`_parts`), ``topk_rows`` (rows per top-k chunk, default 256) and
     ``topk_dense_fraction`` (a top-k chunk whose frontier costs more than this fraction of a
     dense pass falls back to dense ``log_prob`` + ``topk``, default 0.1).
+
+    Shape:
+        - hidden: :math:`(*, d)`; target: :math:`(*)`; output: scalar, or :math:`(*)` for ``'none'``.
+
+    Examples::
+
+        >>> tree = bigsoftmax.trees.balanced(1000, 10)
+        >>> head = TreeSoftmax(32, tree)
+        >>> loss = head(torch.randn(8, 32), torch.randint(0, 1000, (8,)))
+        >>> logp, ids = head.topk(torch.randn(8, 32), 5)
     """
 
     def __init__(self, in_features: int, tree: T.Tree, bias: bool = True, parameterization: str = "auto",
@@ -202,9 +213,8 @@ class TreeSoftmax(Head):
         return plan
 
     def reset_parameters(self) -> None:
-        nn.init.normal_(self.weight, std=1.0 / math.sqrt(self.in_features))
-        if self.bias is not None:
-            nn.init.zeros_(self.bias)
+        """Re-initialise ``weight`` N(0, 1/d) and ``bias`` 0 (the default of :func:`heads._init.init_class_rows`)."""
+        init_class_rows(self.weight, self.bias)  # the default scheme: N(0, 1/d), bias 0
 
     def sparse_parameters(self):
         """Parameters that receive sparse gradients (for :mod:`bigsoftmax.optim`)."""
@@ -440,12 +450,32 @@ class TreeSoftmax(Head):
 
 
 class HierarchicalSoftmax(TreeSoftmax):
-    """Hierarchical softmax over a Huffman tree of class ``counts`` [V] (word2vec, fastText).
+    r"""Hierarchical softmax over a Huffman tree of class ``counts`` [V] (word2vec, fastText).
 
     ``arity=2`` uses the word2vec parameterisation (one vector per internal node, sigmoid per
     branch); ``arity > 2`` a softmax per node over up to ``arity`` children, with the n-ary Huffman
     dummy leaves masked. Frequent classes get short paths: a step costs
     O(N * expected_code_length * arity * d). Other keyword args go to :class:`TreeSoftmax`.
+
+    .. math::
+        \log p(y \mid h) = \sum_{n \in \text{path}(y)} \log \sigma(\pm\, h \cdot w_n + b_n)
+        \quad (\text{arity} = 2)
+
+    Args:
+        in_features: d.
+        counts: ``[V]`` class counts (> 0) the Huffman code is built from.
+        arity: children per internal node (2: word2vec's sigmoid tree).
+        **kw: ``bias``, ``parameterization``, ``sparse``, ``ignore_index``, ``reduction`` as
+            :class:`TreeSoftmax`.
+
+    Shape:
+        - hidden: :math:`(*, d)`; target: :math:`(*)`; output: scalar, or :math:`(*)` for ``'none'``.
+
+    Examples::
+
+        >>> counts = torch.arange(1000, 0, -1).double()
+        >>> head = HierarchicalSoftmax(32, counts)
+        >>> loss = head(torch.randn(8, 32), torch.randint(0, 1000, (8,)))
     """
 
     def __init__(self, in_features: int, counts, arity: int = 2, **kw):
@@ -461,6 +491,22 @@ class ClassBasedSoftmax(TreeSoftmax):
     :func:`bigsoftmax.trees.cluster_assignment`) or ``cluster_of_class`` [V] (your own clusters,
     ids 0..C-1 all used). A step costs O(N * (C + cluster size) * d); with sqrt(V) balanced
     clusters about O(N * sqrt(V) * d). ``cluster_of_class`` is kept as a buffer.
+
+    Args:
+        in_features: d.
+        counts: ``[V]`` class counts (frequency binning), or None.
+        cluster_of_class: ``[V]`` cluster id of every class (ids 0..C-1 all used), or None.
+        num_clusters: C (default ``round(sqrt(V))`` with ``counts``; must agree with ``cluster_of_class``).
+        binning: ``'sqrt'`` | ``'uniform'`` | ``'size'`` (with ``counts``).
+        **kw: as :class:`TreeSoftmax`.
+
+    Shape:
+        - hidden: :math:`(*, d)`; target: :math:`(*)`; output: scalar, or :math:`(*)` for ``'none'``.
+
+    Examples::
+
+        >>> head = ClassBasedSoftmax(32, counts=torch.arange(1000, 0, -1).double())
+        >>> loss = head(torch.randn(8, 32), torch.randint(0, 1000, (8,)))
     """
 
     def __init__(self, in_features: int, counts=None, cluster_of_class=None, num_clusters: Optional[int] = None,

@@ -53,9 +53,10 @@ from torch import Tensor
 from torch.autograd.function import once_differentiable
 
 from .._validate import (
-    check_chunk_size, check_class_weight, check_float_tensor, check_ignore_index, check_label_smoothing,
-    check_not_meta, check_reduction, check_target,
+    check_chunk_size, check_class_weight, check_ignore_index, check_label_smoothing,
+    check_reduction, check_target,
 )
+from .._validate import check_linear as _check_linear
 from .reduce import reduce_loss
 
 __all__ = [
@@ -578,23 +579,6 @@ class _LinearCrossEntropy(torch.autograd.Function):
                 gx = full
         return (None if gx is None else gx.to(x.dtype), None if grads.gW is None else grads.gW.to(W.dtype),
                 None if grads.gb is None else grads.gb.to(b.dtype), None, None, None)
-
-
-def _check_linear(input: Tensor, weight: Tensor, bias: Optional[Tensor]) -> None:
-    check_float_tensor(input, "input", "of shape [..., d]")
-    check_float_tensor(weight, "weight", "of shape [V, d]")
-    check_not_meta(input=input, weight=weight, bias=bias)
-    if weight.dim() != 2:
-        raise ValueError(f"weight must have shape [V, d] (2-D), got {tuple(weight.shape)}")
-    V, d = weight.shape
-    if V < 1:
-        raise ValueError("weight must have at least one class row (V >= 1)")
-    if input.dim() < 1 or input.shape[-1] != d:
-        raise ValueError(f"input must have shape [..., d={d}] (d = weight.shape[1]), got {tuple(input.shape)}")
-    if bias is not None:
-        check_float_tensor(bias, "bias", f"of shape [V={V}]")
-        if tuple(bias.shape) != (V,):
-            raise ValueError(f"bias must have shape [V={V}], got {tuple(bias.shape)}")
 
 
 def _wants_grad(*ts) -> bool:

@@ -36,7 +36,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .._validate import check_not_meta
+from .._validate import check_choice, check_not_meta
 
 Weights = Union[Tensor, Sequence[Tensor]]
 SampledValues = Tuple[Tensor, Tensor, Tensor]
@@ -158,12 +158,6 @@ def check_sampled_values(sampled_values, labels: Tensor, num_sampled: Optional[i
     if samp_exp.numel() and not bool((samp_exp > 0).all()):
         raise ValueError("sampled_expected_count must be > 0 for every sampled candidate")
     return sampled.long(), true_exp, samp_exp
-
-
-def _check_gather(gather: str) -> str:
-    if gather not in GATHER_MODES:
-        raise ValueError(f"gather must be one of {GATHER_MODES}, got {gather!r}")
-    return gather
 
 
 # ----------------------------------------------------------------------------- gathering rows
@@ -372,7 +366,7 @@ def sampled_logits_parts(
     if not isinstance(inputs, Tensor) or inputs.dim() != 2:
         raise ValueError(f"inputs must be a [batch, d] tensor, got {tuple(inputs.shape) if isinstance(inputs, Tensor) else type(inputs).__name__}")
     check_not_meta(inputs=inputs)
-    gather = _check_gather(gather)
+    gather = check_choice("gather", gather, GATHER_MODES)
     B, d = inputs.shape
     V = num_classes_of(weights)
     if isinstance(labels, Tensor) and labels.dim() == 1:
@@ -414,9 +408,26 @@ def sampled_logits_parts(
 
 
 def softmax_ce(parts: SampledParts) -> Tensor:
-    """−Σ_j t_j log_softmax(logits)_j with t = 1/T on the true columns; logsumexp in fp32 or wider.
+    r"""−Σ_j t_j log_softmax(logits)_j with t = 1/T on the true columns; logsumexp in fp32 or wider.
+
+    .. math::
+        \ell_b = \log\Big(\sum_{t} e^{z^{true}_{bt}} + \sum_s e^{z^{s}_{bs}}\Big) - \frac1T \sum_t z^{true}_{bt}
 
     Hits already hold the most negative finite value, so exp() gives exactly 0 for them.
+    (Public as ``bigsoftmax.functional.sampled_softmax_from_parts``.)
+
+    Args:
+        parts: the :class:`SampledParts` of :func:`sampled_logits_parts`.
+
+    Shape:
+        - output: ``(B)`` in fp32 or wider.
+
+    Examples::
+
+        >>> W, x, y = torch.randn(100, 8), torch.randn(4, 8), torch.tensor([[1], [2], [3], [4]])
+        >>> sv = (torch.tensor([5, 6, 7]), torch.full((4, 1), 0.03), torch.full((3,), 0.03))
+        >>> sampled_softmax_from_parts(sampled_logits_parts(W, None, y, x, sv)).shape
+        torch.Size([4])
     """
     acc = torch.promote_types(parts.true_logits.dtype, torch.float32)
     zt = parts.true_logits.to(acc)
@@ -426,7 +437,27 @@ def softmax_ce(parts: SampledParts) -> Tensor:
 
 
 def sigmoid_ce(parts: SampledParts) -> Tensor:
-    """Σ_j BCEWithLogits(logits_j, t_j), t = 1/T on true columns, 0 on sampled; hits contribute 0."""
+    r"""Σ_j BCEWithLogits(logits_j, t_j), t = 1/T on true columns, 0 on sampled; hits contribute 0.
+
+    .. math::
+        \ell_b = \sum_t \operatorname{BCE}(z^{true}_{bt}, 1/T) + \sum_s \operatorname{softplus}(z^{s}_{bs})
+
+    (NCE, sampled logistic, negative sampling; public as
+    ``bigsoftmax.functional.sigmoid_loss_from_parts``.)
+
+    Args:
+        parts: the :class:`SampledParts` of :func:`sampled_logits_parts`.
+
+    Shape:
+        - output: ``(B)`` in fp32 or wider.
+
+    Examples::
+
+        >>> W, x, y = torch.randn(100, 8), torch.randn(4, 8), torch.tensor([[1], [2], [3], [4]])
+        >>> sv = (torch.tensor([5, 6, 7]), torch.full((4, 1), 0.03), torch.full((3,), 0.03))
+        >>> sigmoid_loss_from_parts(sampled_logits_parts(W, None, y, x, sv)).shape
+        torch.Size([4])
+    """
     T = parts.true_logits.shape[1]
     acc = torch.promote_types(parts.true_logits.dtype, torch.float32)
     zt, zs = parts.true_logits.to(acc), parts.sampled_logits.to(acc)
@@ -586,8 +617,16 @@ def fused_sampled_softmax(
 
     Shape:
         - output: ``(B)``.
+
+    Examples::
+
+        >>> W = torch.randn(100, 8, requires_grad=True)
+        >>> x, y = torch.randn(4, 8), torch.tensor([1, 2, 3, 4])
+        >>> loss = fused_sampled_softmax(x, W, None, y, torch.tensor([5, 6, 7]), torch.full((4, 1), 0.03),
+        ...                              torch.full((3,), 0.03))
+        >>> loss.sum().backward()
     """
-    gather = _check_gather(gather)
+    gather = check_choice("gather", gather, GATHER_MODES)
     if labels.dim() == 1:
         labels = labels[:, None]
     acc = inputs.dtype

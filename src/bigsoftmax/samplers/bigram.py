@@ -40,6 +40,7 @@ from .candidates import (
     _rebuild_after_load,
     inverse_cdf,
 )
+from .._validate import check_unit as _check_unit
 
 __all__ = ["Bigram", "expected_count_per_row", "unique_per_row"]
 
@@ -94,15 +95,6 @@ def _as_ids(x, name: str) -> Tensor:
     if x.dim() != 1:
         raise ValueError(f"{name} must be 1-D, got shape {tuple(x.shape)}")
     return x
-
-
-def _check_unit(name: str, value) -> float:
-    if isinstance(value, bool) or not isinstance(value, numbers.Real):
-        raise TypeError(f"{name} must be a float in [0, 1], got {type(value).__name__} {value!r}")
-    v = float(value)
-    if not (0.0 <= v <= 1.0):
-        raise ValueError(f"{name} must be a float in [0, 1], got {v}")
-    return v
 
 
 class Bigram(CandidateSampler):

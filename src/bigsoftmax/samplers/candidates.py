@@ -38,13 +38,20 @@ from __future__ import annotations
 
 import math
 import numbers
-import operator
 import os
 from collections import namedtuple
 from typing import Callable, Optional, Sequence, Tuple, Union
 
 import torch
 from torch import Tensor, nn
+
+from .._docs import fill_doc
+from .._validate import check_bool as _check_bool
+from .._validate import check_class_ids as _check_ids
+from .._validate import check_generator as _check_generator
+from .._validate import check_int_strict as _check_int
+from .._validate import check_tf_range_max as _check_tf_range_max
+from .._validate import check_true_classes as _check_true_classes
 
 __all__ = [
     "CandidateSamples",
@@ -78,83 +85,8 @@ CandidateSamples = namedtuple(
 
 
 # --------------------------------------------------------------------------------------------
-# argument checks
+# seeding (the argument checks live in bigsoftmax._validate)
 # --------------------------------------------------------------------------------------------
-def _check_int(name: str, value, lo: int, hi: Optional[int] = None) -> int:
-    """``value`` as a Python int in [lo, hi]; TypeError for non-integers (bools and floats too)."""
-    if isinstance(value, bool) or isinstance(value, float):
-        raise TypeError(f"{name} must be an int, got {type(value).__name__} {value!r}")
-    if isinstance(value, Tensor):
-        if value.numel() != 1 or value.dtype.is_floating_point or value.dtype == torch.bool:
-            raise TypeError(f"{name} must be an int, got a tensor of shape {tuple(value.shape)} and dtype {value.dtype}")
-        value = int(value.item())
-    try:
-        v = operator.index(value)
-    except TypeError:
-        raise TypeError(f"{name} must be an int, got {type(value).__name__} {value!r}") from None
-    if v < lo or (hi is not None and v > hi):
-        rng = f"[{lo}, {hi}]" if hi is not None else f">= {lo}"
-        raise ValueError(f"{name} must be an int {rng}, got {v}")
-    return v
-
-
-def _check_bool(name: str, value) -> bool:
-    if isinstance(value, bool) or type(value).__name__ == "bool_":  # numpy.bool_
-        return bool(value)
-    raise TypeError(f"{name} must be a bool, got {type(value).__name__} {value!r}")
-
-
-def _check_ids(ids, range_max: int, name: str) -> Tensor:
-    """An integer tensor of class ids in [0, range_max) (any shape) -> the same ids as int64."""
-    if not isinstance(ids, Tensor):
-        raise TypeError(f"{name} must be a torch.Tensor of int64 class ids, got {type(ids).__name__}")
-    if ids.dtype.is_floating_point or ids.dtype.is_complex or ids.dtype == torch.bool:
-        raise TypeError(f"{name} must hold integer class ids (int64), got dtype {ids.dtype}")
-    if ids.device.type == "meta":
-        raise ValueError(f"{name} is on the meta device, which holds no values; move it to a real device (cpu, cuda)")
-    if ids.numel():
-        lo, hi = int(ids.min()), int(ids.max())
-        if lo < 0 or hi >= range_max:
-            bad = lo if lo < 0 else hi
-            raise ValueError(f"{name} contains class id {bad}, outside the allowed range [0, {range_max})")
-    return ids.long()
-
-
-def _check_true_classes(true_classes, range_max: int, num_true: Optional[int] = None) -> Tensor:
-    """``true_classes`` as int64 [batch_size, num_true] with ids in [0, range_max)."""
-    if not isinstance(true_classes, Tensor):
-        raise TypeError(
-            f"true_classes must be a torch.Tensor of int64 class ids with shape [batch_size, num_true], "
-            f"got {type(true_classes).__name__}"
-        )
-    if true_classes.dim() != 2:
-        raise ValueError(
-            f"true_classes must have shape [batch_size, num_true] (2-D), got shape {tuple(true_classes.shape)}"
-        )
-    if num_true is not None and true_classes.shape[1] != num_true:
-        raise ValueError(
-            f"num_true ({num_true}) must equal true_classes.shape[1]; true_classes has shape "
-            f"{tuple(true_classes.shape)}"
-        )
-    return _check_ids(true_classes, range_max, "true_classes")
-
-
-#: TF's limit on range_max for the unigram samplers (``range_sampler_ops``): strictly below int32 max
-_TF_RANGE_MAX_LIMIT = 2**31 - 1
-
-
-def _check_tf_range_max(range_max) -> int:
-    """``range_max`` as an int in [1, 2**31 - 1), with TF's message for the upper limit."""
-    v = _check_int("range_max", range_max, 1)
-    if v >= _TF_RANGE_MAX_LIMIT:
-        raise ValueError(f"range_max must be less than {_TF_RANGE_MAX_LIMIT}, got {v}")
-    return v
-
-
-def _check_generator(generator) -> Optional[torch.Generator]:
-    if generator is not None and not isinstance(generator, torch.Generator):
-        raise TypeError(f"generator must be a torch.Generator or None, got {type(generator).__name__}")
-    return generator
 
 
 def _generator_from(seed, generator) -> Optional[torch.Generator]:
@@ -339,8 +271,9 @@ def _rebuild_after_load(module, incompatible_keys) -> None:
     module._rebuild()
 
 
+@fill_doc
 class CandidateSampler(nn.Module):
-    """Base class: draws ``num_sampled`` candidate ids from a base distribution P over [0, range_max).
+    r"""Base class: draws ``num_sampled`` candidate ids from a base distribution P over [0, range_max).
 
     Subclasses give ``_draw(n, generator) -> [n] int64`` (i.i.d. draws from P) and
     ``_prob64(ids) -> float64`` (P(c)), and ``num_valid`` (classes with P(c) > 0).
@@ -350,6 +283,23 @@ class CandidateSampler(nn.Module):
 
     float64 buffers (unigram weights, CDFs) keep float64 under ``module.float()`` / ``.half()``
     (they follow device moves only): the sampling tables are not model parameters.
+
+    Expected counts are TF's: :math:`E(c) = S \cdot P(c)` with replacement, and
+    :math:`E(c) = 1 - (1 - P(c))^{n}` after ``n = num_tries`` draws with ``unique=True``.
+
+    Args:
+        range_max: V, the number of classes (int >= 1).
+        unique: draw distinct ids (rejection sampling, as TF).
+
+    Shape:
+        {sampler_shape}
+
+    Examples::
+
+        >>> s = bigsoftmax.samplers.LogUniform(1000, unique=True)
+        >>> ids, true_exp, samp_exp = s.sample(torch.tensor([[3], [7]]), 64, torch.Generator().manual_seed(0))
+        >>> ids.shape, true_exp.shape
+        (torch.Size([64]), torch.Size([2, 1]))
     """
 
     def __init__(self, range_max: int, unique: bool = True):
@@ -447,8 +397,20 @@ class CandidateSampler(nn.Module):
         return f"range_max={self.range_max}, unique={self.unique}"
 
 
+@fill_doc
 class Uniform(CandidateSampler):
-    """Uniform base distribution: ``P(c) = 1 / range_max``. Draws: O(S) ``torch.randint``."""
+    """Uniform base distribution: ``P(c) = 1 / range_max``. Draws: O(S) ``torch.randint``.
+
+    Args:
+        range_max: V. unique: draw distinct ids.
+
+    Shape:
+        {sampler_shape}
+
+    Examples::
+
+        >>> ids, _, _ = Uniform(100).sample(torch.tensor([[1]]), 10, torch.Generator().manual_seed(0))
+    """
 
     def _draw(self, n, generator):
         return torch.randint(self.range_max, (n,), generator=generator, device=_gen_device(generator))
@@ -457,10 +419,23 @@ class Uniform(CandidateSampler):
         return torch.full(ids.shape, 1.0 / self.range_max, dtype=torch.float64, device=ids.device)
 
 
+@fill_doc
 class LogUniform(CandidateSampler):
     """Log-uniform (Zipfian) base distribution, for frequency-sorted ids (0 = most frequent):
 
     ``P(c) = (log(c + 2) - log(c + 1)) / log(range_max + 1)``. Draws: O(S) closed-form inverse CDF.
+
+    Args:
+        range_max: V. unique: draw distinct ids.
+
+    Shape:
+        {sampler_shape}
+
+    Examples::
+
+        >>> s = LogUniform(1000)
+        >>> bool(s.probs()[0] > s.probs()[999])
+        True
     """
 
     def _draw(self, n, generator):
@@ -470,6 +445,7 @@ class LogUniform(CandidateSampler):
         return log_uniform_prob(ids, self.range_max)
 
 
+@fill_doc
 class Unigram(CandidateSampler):
     """Fixed unigram base distribution (TF ``fixed_unigram_candidate_sampler``).
 
@@ -489,6 +465,23 @@ class Unigram(CandidateSampler):
 
     Draws: inverse CDF, ``torch.searchsorted`` on a float64 cumulative array built once: O(S log V).
     Buffer ``weights`` [range_max] float64 (the distorted shard weights) is checkpointed.
+
+    Args:
+        weights_or_counts: ``[K]`` counts or probabilities (>= 0, finite).
+        distortion: exponent of the weights (0.75: word2vec's noise).
+        unique: draw distinct ids.
+        num_reserved_ids: ids ``0 .. num_reserved_ids - 1`` with probability 0 before the weights.
+        num_shards, shard: keep the global ids ``g % num_shards == shard`` (shard-local ids).
+
+    Shape:
+        {sampler_shape}
+
+    Examples::
+
+        >>> s = Unigram([10.0, 5.0, 1.0, 0.0], distortion=0.75, unique=False)
+        >>> ids, _, _ = s.sample(torch.tensor([[0]]), 8, torch.Generator().manual_seed(0))
+        >>> bool((ids != 3).all())   # zero weight: never drawn
+        True
     """
 
     def __init__(
@@ -587,6 +580,7 @@ class Unigram(CandidateSampler):
         return s
 
 
+@fill_doc
 class LearnedUnigram(CandidateSampler):
     """Unigram distribution over the classes seen so far (TF ``learned_unigram_candidate_sampler``).
 
@@ -598,6 +592,20 @@ class LearnedUnigram(CandidateSampler):
     Counts live in a Fenwick tree (as TF's tree-structured ``WeightedPicker``): ``update`` is
     O(B T log V) and a draw O(log V) -- exact at every step, no periodic O(V) rebuild. Buffer
     ``counts`` [V] int64 is checkpointed (TF's is not); the tree is rebuilt on ``load_state_dict``.
+
+    Args:
+        range_max: V (< 2**31 - 1, TF's limit). unique: draw distinct ids.
+
+    Shape:
+        {sampler_shape}
+
+    Examples::
+
+        >>> s = LearnedUnigram(100)
+        >>> y = torch.tensor([[4], [4]])
+        >>> out = s.sample(y, 10, torch.Generator().manual_seed(0)); s.update(y)
+        >>> int(s.counts[4])
+        3
     """
 
     def __init__(self, range_max: int, unique: bool = True):
@@ -654,6 +662,7 @@ class LearnedUnigram(CandidateSampler):
         return self.counts[ids].to(torch.float64) / self._total
 
 
+@fill_doc
 class All(CandidateSampler):
     """Every class, deterministically (TF ``all_candidate_sampler``; for testing).
 
@@ -661,6 +670,17 @@ class All(CandidateSampler):
     ``arange(range_max)`` with every expected count (true and sampled) equal to 1.
     ``probs()`` / ``log_prob`` report the uniform 1 / range_max (TF defines no per-draw
     probability for this sampler).
+
+    Args:
+        range_max: V (= the ``num_sampled`` every call must ask for).
+
+    Shape:
+        {sampler_shape}
+
+    Examples::
+
+        >>> All(5).sample(torch.tensor([[1]]), 5)[0]
+        tensor([0, 1, 2, 3, 4])
     """
 
     def __init__(self, range_max: int):
@@ -698,16 +718,41 @@ def _tf_call(sampler: CandidateSampler, true_classes, num_true, num_sampled, see
     return sampler.sample(tc, num_sampled, _generator_from(seed, generator))
 
 
+@fill_doc
 def uniform_candidate_sampler(true_classes, num_true, num_sampled, unique, range_max, seed=None, generator=None) -> CandidateSamples:
-    """``tf.random.uniform_candidate_sampler``: P(c) = 1 / range_max. See :class:`Uniform`."""
+    """``tf.random.uniform_candidate_sampler``: P(c) = 1 / range_max. See :class:`Uniform`.
+
+    Args:
+        {tf_sampler_args}
+
+    Shape:
+        {sampler_shape}
+
+    Examples::
+
+        >>> ids, te, se = uniform_candidate_sampler(torch.tensor([[1], [2]]), 1, 5, True, 100, seed=0)
+    """
     return _tf_call(Uniform(range_max, _check_bool("unique", unique)), true_classes, num_true, num_sampled, seed, generator)
 
 
+@fill_doc
 def log_uniform_candidate_sampler(true_classes, num_true, num_sampled, unique, range_max, seed=None, generator=None) -> CandidateSamples:
-    """``tf.random.log_uniform_candidate_sampler``: P(c) = log((c+2)/(c+1)) / log(range_max+1)."""
+    """``tf.random.log_uniform_candidate_sampler``: P(c) = log((c+2)/(c+1)) / log(range_max+1).
+
+    Args:
+        {tf_sampler_args}
+
+    Shape:
+        {sampler_shape}
+
+    Examples::
+
+        >>> ids, te, se = log_uniform_candidate_sampler(torch.tensor([[1], [2]]), 1, 5, True, 100, seed=0)
+    """
     return _tf_call(LogUniform(range_max, _check_bool("unique", unique)), true_classes, num_true, num_sampled, seed, generator)
 
 
+@fill_doc
 def learned_unigram_candidate_sampler(true_classes, num_true, num_sampled, unique, range_max, seed=None, generator=None) -> CandidateSamples:
     """``tf.random.learned_unigram_candidate_sampler`` as one stateless call.
 
@@ -716,11 +761,22 @@ def learned_unigram_candidate_sampler(true_classes, num_true, num_sampled, uniqu
     to the same id; same probabilities), so the call is a :class:`Uniform` draw and builds no
     O(range_max) table. Use a :class:`LearnedUnigram` module (``sample`` then ``update``) to learn.
     ``range_max`` must be less than 2**31 - 1 (TF's limit).
+
+    Args:
+        {tf_sampler_args}
+
+    Shape:
+        {sampler_shape}
+
+    Examples::
+
+        >>> ids, te, se = learned_unigram_candidate_sampler(torch.tensor([[1]]), 1, 5, False, 100, seed=0)
     """
     return _tf_call(Uniform(_check_tf_range_max(range_max), _check_bool("unique", unique)), true_classes, num_true,
                     num_sampled, seed, generator)
 
 
+@fill_doc
 def fixed_unigram_candidate_sampler(
     true_classes,
     num_true,
@@ -743,6 +799,20 @@ def fixed_unigram_candidate_sampler(
     ``range_max`` must equal the number of ids of this shard (``num_reserved_ids + len(unigrams)``
     when ``num_shards == 1``), and ids are shard-local, as in TF; it must be less than 2**31 - 1
     (TF's limit), checked before any table is built.
+
+    Args:
+        {tf_sampler_args}
+        vocab_file: path of a counts file (see :func:`read_vocab_file`), or ``""``.
+        distortion, num_reserved_ids, num_shards, shard: as :class:`Unigram`.
+        unigrams: the weights, when no ``vocab_file``.
+
+    Shape:
+        {sampler_shape}
+
+    Examples::
+
+        >>> ids, te, se = fixed_unigram_candidate_sampler(torch.tensor([[1]]), 1, 3, True, 4,
+        ...                                               unigrams=[4.0, 3.0, 2.0, 1.0], seed=0)
     """
     range_max = _check_tf_range_max(range_max)
     has_file = bool(vocab_file)
@@ -769,11 +839,24 @@ def fixed_unigram_candidate_sampler(
     return _tf_call(sampler, true_classes, num_true, num_sampled, seed, generator)
 
 
+@fill_doc
 def all_candidate_sampler(true_classes, num_true, num_sampled, unique, seed=None, generator=None) -> CandidateSamples:
     """``tf.random.all_candidate_sampler``: returns ``arange(num_sampled)``, all expected counts 1.
 
     ``true_classes`` must lie in [0, num_sampled); ``unique``, ``seed`` and ``generator`` are ignored
     (validated only), as in TF.
+
+    Args:
+        true_classes, num_true, unique, seed, generator: as :func:`uniform_candidate_sampler`.
+        num_sampled: V, the number of classes (all returned).
+
+    Shape:
+        {sampler_shape}
+
+    Examples::
+
+        >>> all_candidate_sampler(torch.tensor([[1]]), 1, 4, True)[0]
+        tensor([0, 1, 2, 3])
     """
     _check_bool("unique", unique)
     num_sampled = _check_int("num_sampled", num_sampled, 1)

@@ -92,6 +92,18 @@ class StreamingFrequencyEstimator(nn.Module):
     Methods: :meth:`update` ``(ids [...], step=None)``; :meth:`log_q` ``(ids [...]) -> [...]``
     (log expected occurrences per step); :meth:`gap_estimates` ``(ids) -> [H, ...]`` per table;
     :meth:`forward` is :meth:`log_q`.
+
+    Shape:
+        - ids: any shape :math:`(*)` int64; ``log_q(ids)``: :math:`(*)` float32.
+
+    Examples::
+
+        >>> est = StreamingFrequencyEstimator(num_buckets=1024, num_hashes=2, alpha=0.05)
+        >>> for step in range(1, 6):
+        ...     est.update(torch.tensor([1, 1, 2]), step=step)
+        >>> lq = est.log_q(torch.tensor([1, 2]))
+        >>> bool(lq[0] > lq[1])   # id 1 occurs twice per step, id 2 once
+        True
     """
 
     def __init__(self, num_buckets: int, num_hashes: int = 1, alpha: float = 0.01, seed: int = 0,
