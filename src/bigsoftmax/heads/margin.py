@@ -50,6 +50,7 @@ from .._validate import check_real as _check_float
 from ..ops.lse import linear_cross_entropy, linear_logsumexp
 from ..ops.reduce import reduce_loss
 from .base import Head, LinearEvalMixin
+from .rows import ClassRowsMixin
 from .sampled import draw_candidates
 
 __all__ = [
@@ -301,7 +302,7 @@ def _init_weight(weight: Optional[Tensor], num_classes: int, in_features: int) -
     return w
 
 
-class MarginHead(LinearEvalMixin, Head):
+class MarginHead(ClassRowsMixin, LinearEvalMixin, Head):
     """Base of the angular/additive margin heads (see the module docstring for the formulas).
 
     Parameters: ``weight [V, d]`` (class centres; no bias, as in all four papers). Subclasses set
@@ -362,8 +363,8 @@ class MarginHead(LinearEvalMixin, Head):
     ):
         super().__init__(in_features, num_classes, ignore_index, reduction)
         self.eps = _check_float("eps", eps, 0.0, lo_open=True)
-        self.weight = _init_weight(weight, num_classes, in_features)
-        self.bias = None
+        self.sparse = bool(sparse)
+        self._init_rows(_init_weight(weight, num_classes, in_features), None, self.sparse)
         self.num_sampled = None if num_sampled is None else _check_int("num_sampled", num_sampled, 1)
         self.include_batch_positives = bool(include_batch_positives)
         self.remove_accidental_hits = bool(remove_accidental_hits)

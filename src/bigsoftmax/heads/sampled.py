@@ -16,11 +16,12 @@ from torch import Tensor, nn
 
 from ..ops import sampled as ops
 from .base import Head, LinearEvalMixin, check_target, reduce_loss
+from .rows import ClassRowsMixin
 
 __all__ = ["SampledSoftmax", "SamplingHead", "draw_candidates"]
 
 
-class SamplingHead(LinearEvalMixin, Head):
+class SamplingHead(ClassRowsMixin, LinearEvalMixin, Head):
     """Common state of the heads trained on sampled candidates (sampled softmax, NCE, …).
 
     Parameters: ``weight [V, d]`` (row c is class c's output embedding: the ``nn.Embedding`` /
@@ -105,11 +106,10 @@ class SamplingHead(LinearEvalMixin, Head):
         if weight is not None:
             if tuple(weight.shape) != (num_classes, in_features):
                 raise ValueError(f"weight must have shape [num_classes={num_classes}, in_features={in_features}], got {tuple(weight.shape)}")
-            self.weight = weight
         else:
-            self.weight = nn.Parameter(torch.empty(num_classes, in_features))
-            nn.init.normal_(self.weight, std=1.0 / math.sqrt(in_features))
-        self.bias = nn.Parameter(torch.zeros(num_classes)) if bias else None
+            weight = nn.Parameter(torch.empty(num_classes, in_features))
+            nn.init.normal_(weight, std=1.0 / math.sqrt(in_features))
+        self._init_rows(weight, nn.Parameter(torch.zeros(num_classes)) if bias else None, self.sparse)
         self.generator = torch.Generator()
         self.generator.manual_seed(int(seed) if seed is not None else int(torch.randint(0, 2**62, (1,))))
 
