@@ -10,3 +10,8 @@ from tests.parallel import vp_workers as W
 @pytest.mark.parametrize("world", [1, 2, 3])
 def test_vocab_parallel_full_softmax_equals_one_process(world):
     run_local(W.full_worker, world, timeout=120)
+
+
+@pytest.mark.parametrize("world", [2, 3])
+def test_vocab_parallel_sampling_heads_equal_one_process_with_the_same_candidates(world):
+    run_local(W.sampling_worker, world, timeout=120)

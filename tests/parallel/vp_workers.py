@@ -84,3 +84,63 @@ def full_worker(rank, world):
     torch.testing.assert_close(vp.log_prob(h), ref.log_prob(h)[:, vp.vocab_start:vp.vocab_end], **TOL)
     torch.testing.assert_close(vp.log_normalizer(h), ref.log_normalizer(h), **TOL)
     assert torch.equal(vp.predict(h), ref.predict(h))
+
+
+def _sampling_cases():
+    from bigsoftmax import heads as H
+    from bigsoftmax import parallel as P
+
+    counts = [float(1000 // (i + 1) + 1) for i in range(V)]
+    kw = dict(num_sampled=40, seed=3)
+    return [
+        ("SampledSoftmax", H.SampledSoftmax, P.VocabParallelSampledSoftmax, kw, "softmax"),
+        ("SampledSoftmax/sparse", H.SampledSoftmax, P.VocabParallelSampledSoftmax, dict(kw, sparse=True), "softmax"),
+        ("NCE", H.NCE, P.VocabParallelNCE, kw, "sigmoid"),
+        ("SampledLogistic/sparse", H.SampledLogistic, P.VocabParallelSampledLogistic, dict(kw, sparse=True), "sigmoid"),
+        ("NegativeSampling", H.NegativeSampling, P.VocabParallelNegativeSampling, dict(kw, counts=counts), "sigmoid"),
+    ]
+
+
+def _dense(t):
+    return t.to_dense() if t.is_sparse else t
+
+
+def sampling_worker(rank, world):
+    for name, ref_cls, vp_cls, kw, kind in _sampling_cases():
+        torch.manual_seed(0)
+        ref = ref_cls(D, V, **kw).double()
+        vp = vp_cls(D, V, **kw).double()
+        with torch.no_grad():
+            ref.bias.normal_(generator=torch.Generator().manual_seed(4))
+            vp.weight.copy_(ref.weight[vp.vocab_start:vp.vocab_end])
+            vp.bias.copy_(ref.bias[vp.vocab_start:vp.vocab_end])
+        for step, scale in enumerate((1.0, 1000.0)):  # two steps: the generators advance in lockstep
+            h, y = _data(scale=scale, seed=10 + step)
+            M = int((y != -100).sum())
+            hr, hv = h.clone().requires_grad_(), h.clone().requires_grad_()
+            lr = ref(hr, y)
+            comm.STATS.reset()
+            lv = vp(hv, y)
+            fwd = comm.STATS.snapshot()
+            lr.backward()
+            comm.STATS.reset()
+            lv.backward()
+            bwd = comm.STATS.snapshot()
+            torch.testing.assert_close(lv, lr, **TOL, msg=name)
+            torch.testing.assert_close(hv.grad, hr.grad, **TOL, msg=name)
+            s, e = vp.vocab_start, vp.vocab_end
+            assert vp.weight.grad.is_sparse == bool(kw.get("sparse")), name
+            torch.testing.assert_close(_dense(vp.weight.grad), _dense(ref.weight.grad)[s:e], **TOL, msg=name)
+            torch.testing.assert_close(_dense(vp.bias.grad), _dense(ref.bias.grad)[s:e], **TOL, msg=name)
+            for p in (ref.weight, ref.bias, vp.weight, vp.bias):
+                p.grad = None
+            want_fwd = ({"all_reduce": 2}, 8 * M + 8 * 2 * M) if kind == "softmax" else ({"all_reduce": 1}, 8 * M)
+            assert (fwd["calls"], fwd["bytes"].get("all_reduce")) == want_fwd, (name, fwd)
+            assert bwd == {"calls": {"all_reduce": 1}, "bytes": {"all_reduce": 8 * M * D}}, (name, bwd)
+        ref.eval(), vp.eval()
+        h, y = _data(seed=20)
+        torch.testing.assert_close(vp(h, y), ref(h, y), **TOL, msg=name)
+        vr, ir = ref.topk(h, 5)
+        vv, iv = vp.topk(h, 5)
+        torch.testing.assert_close(vv, vr, **TOL, msg=name)
+        assert torch.equal(iv, ir), name

@@ -107,11 +107,15 @@ class SamplingHead(ClassRowsMixin, LinearEvalMixin, Head):
             if tuple(weight.shape) != (num_classes, in_features):
                 raise ValueError(f"weight must have shape [num_classes={num_classes}, in_features={in_features}], got {tuple(weight.shape)}")
         else:
-            weight = nn.Parameter(torch.empty(num_classes, in_features))
+            weight = nn.Parameter(torch.empty(self._num_rows(), in_features))
             nn.init.normal_(weight, std=1.0 / math.sqrt(in_features))
-        self._init_rows(weight, nn.Parameter(torch.zeros(num_classes)) if bias else None, self.sparse)
+        self._init_rows(weight, nn.Parameter(torch.zeros(weight.shape[0])) if bias else None, self.sparse)
         self.generator = torch.Generator()
         self.generator.manual_seed(int(seed) if seed is not None else int(torch.randint(0, 2**62, (1,))))
+
+    def _num_rows(self) -> int:
+        """Class rows this head allocates (all ``num_classes``; a vocab-parallel subclass: its block)."""
+        return self.num_classes
 
     # ----------------------------------------------------------------- protocol plumbing
     def eval_weight(self) -> Tensor:

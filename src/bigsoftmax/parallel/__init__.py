@@ -8,6 +8,11 @@ from . import _comm as comm  # noqa: F401  (counted collectives: comm.STATS)
 from .launch import free_port, run_local
 from .partition import owner_of, partition, shard_range
 from .full import VocabParallelFullSoftmax, global_lse, vocab_parallel_cross_entropy
+from .sampled import (
+    VocabParallelNCE, VocabParallelNegativeSampling, VocabParallelSampledLogistic, VocabParallelSampledSoftmax,
+)
 
 __all__ = ["partition", "shard_range", "owner_of", "run_local", "free_port", "comm",
-           "VocabParallelFullSoftmax", "vocab_parallel_cross_entropy", "global_lse"]
+           "VocabParallelFullSoftmax", "vocab_parallel_cross_entropy", "global_lse",
+           "VocabParallelSampledSoftmax", "VocabParallelNCE", "VocabParallelSampledLogistic",
+           "VocabParallelNegativeSampling"]
