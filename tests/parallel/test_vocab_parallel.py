@@ -15,3 +15,8 @@ def test_vocab_parallel_full_softmax_equals_one_process(world):
 @pytest.mark.parametrize("world", [2, 3])
 def test_vocab_parallel_sampling_heads_equal_one_process_with_the_same_candidates(world):
     run_local(W.sampling_worker, world, timeout=120)
+
+
+@pytest.mark.parametrize("world", [2, 3])
+def test_partial_fc_margin_heads_with_sample_rate_1_equal_one_process(world):
+    run_local(W.margin_worker, world, timeout=120)

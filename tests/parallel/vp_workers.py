@@ -144,3 +144,49 @@ def sampling_worker(rank, world):
         vv, iv = vp.topk(h, 5)
         torch.testing.assert_close(vv, vr, **TOL, msg=name)
         assert torch.equal(iv, ir), name
+
+
+def margin_worker(rank, world):
+    from bigsoftmax import heads as H
+    from bigsoftmax import parallel as P
+
+    n = 8  # local batch; the reference sees the concatenated P * n rows
+    for ref_cls, vp_cls, kw in ((H.ArcFace, P.VocabParallelArcFace, dict(s=8.0, m=0.4)),
+                                (H.CosFace, P.VocabParallelCosFace, dict(s=8.0, m=0.3))):
+        torch.manual_seed(0)
+        ref = ref_cls(D, V, **kw).double()
+        vp = vp_cls(D, V, sample_rate=1.0, **kw).double()
+        with torch.no_grad():
+            vp.weight.copy_(ref.weight[vp.vocab_start:vp.vocab_end])
+        g = torch.Generator().manual_seed(30)
+        H_all = torch.randn(world * n, D, generator=g, dtype=torch.float64)
+        Y_all = torch.randint(0, V, (world * n,), generator=g)
+        Y_all[::5] = -100
+        hr = H_all.clone().requires_grad_()
+        lr = ref(hr, Y_all)
+        lr.backward()
+        hv = H_all[rank * n:(rank + 1) * n].clone().requires_grad_()
+        lv = vp(hv, Y_all[rank * n:(rank + 1) * n])
+        lv.backward()
+        torch.testing.assert_close(lv, lr, **TOL)
+        torch.testing.assert_close(hv.grad, hr.grad[rank * n:(rank + 1) * n], **TOL)
+        torch.testing.assert_close(vp.weight.grad, ref.weight.grad[vp.vocab_start:vp.vocab_end], **TOL)
+        ref.eval(), vp.eval()
+        loc = slice(rank * n, (rank + 1) * n)
+        torch.testing.assert_close(vp(H_all[loc], Y_all[loc]), ref(H_all, Y_all), **TOL)
+        torch.testing.assert_close(vp.target_log_prob(H_all[loc], Y_all[loc]),
+                                   ref.target_log_prob(H_all, Y_all)[loc], **TOL)
+        vv, iv = vp.topk(H_all[loc], 4)
+        vr, ir = ref.topk(H_all, 4)
+        torch.testing.assert_close(vv, vr[loc], **TOL)
+        assert torch.equal(iv, ir[loc])
+        # sample_rate < 1: positives kept, a fraction of the local negatives scored; finite, trains
+        vp.train()
+        part = vp_cls(D, V, sample_rate=0.3, seed=1, **kw).double()
+        idx = part._local_centres(Y_all[Y_all != -100])
+        own = part.in_shard(Y_all) & (Y_all != -100)
+        assert set((Y_all[own] - part.vocab_start).tolist()) <= set(idx.tolist())
+        assert idx.numel() == max(int(0.3 * part.local_classes), len(set((Y_all[own]).tolist())))
+        loss = part(H_all[loc].requires_grad_(), Y_all[loc])
+        loss.backward()
+        assert torch.isfinite(loss) and part.weight.grad is not None

@@ -364,7 +364,7 @@ class MarginHead(ClassRowsMixin, LinearEvalMixin, Head):
         super().__init__(in_features, num_classes, ignore_index, reduction)
         self.eps = _check_float("eps", eps, 0.0, lo_open=True)
         self.sparse = bool(sparse)
-        self._init_rows(_init_weight(weight, num_classes, in_features), None, self.sparse)
+        self._init_rows(_init_weight(weight, self._num_rows(), in_features), None, self.sparse)
         self.num_sampled = None if num_sampled is None else _check_int("num_sampled", num_sampled, 1)
         self.include_batch_positives = bool(include_batch_positives)
         self.remove_accidental_hits = bool(remove_accidental_hits)
@@ -384,6 +384,10 @@ class MarginHead(ClassRowsMixin, LinearEvalMixin, Head):
                                  "have no proposal probability Q")
         self.generator = torch.Generator()
         self.generator.manual_seed(int(seed) if seed is not None else int(torch.randint(0, 2**62, (1,))))
+
+    def _num_rows(self) -> int:
+        """Class rows this head allocates (all ``num_classes``; a vocab-parallel subclass: its block)."""
+        return self.num_classes
 
     @staticmethod
     def _make_sampler(sampler, num_classes: int, num_sampled: int):

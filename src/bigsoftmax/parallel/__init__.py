@@ -8,6 +8,7 @@ from . import _comm as comm  # noqa: F401  (counted collectives: comm.STATS)
 from .launch import free_port, run_local
 from .partition import owner_of, partition, shard_range
 from .full import VocabParallelFullSoftmax, global_lse, vocab_parallel_cross_entropy
+from .margin import VocabParallelArcFace, VocabParallelCosFace
 from .sampled import (
     VocabParallelNCE, VocabParallelNegativeSampling, VocabParallelSampledLogistic, VocabParallelSampledSoftmax,
 )
@@ -15,4 +16,4 @@ from .sampled import (
 __all__ = ["partition", "shard_range", "owner_of", "run_local", "free_port", "comm",
            "VocabParallelFullSoftmax", "vocab_parallel_cross_entropy", "global_lse",
            "VocabParallelSampledSoftmax", "VocabParallelNCE", "VocabParallelSampledLogistic",
-           "VocabParallelNegativeSampling"]
+           "VocabParallelNegativeSampling", "VocabParallelArcFace", "VocabParallelCosFace"]
