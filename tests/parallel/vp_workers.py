@@ -190,3 +190,66 @@ def margin_worker(rank, world):
         loss = part(H_all[loc].requires_grad_(), Y_all[loc])
         loss.backward()
         assert torch.isfinite(loss) and part.weight.grad is not None
+
+
+def checkpoint_worker(rank, world, tmp):
+    import os
+
+    import pytest
+    import torch.distributed as dist
+
+    from bigsoftmax.parallel import gather_checkpoint, shard_checkpoint
+
+    cw = torch.rand(V, generator=torch.Generator().manual_seed(3), dtype=torch.float64) + 0.5
+    ref = _ref(label_smoothing=0.1, class_weight=cw)
+    vp = VocabParallelFullSoftmax.from_full(ref)
+    torch.save(vp.state_dict(), os.path.join(tmp, f"head.rank{rank}.pt"))
+    dist.barrier()
+    # gather: the single-process head loads the joined shards and equals the reference
+    state = gather_checkpoint([os.path.join(tmp, f"head.rank{r}.pt") for r in reversed(range(world))])
+    one = FullSoftmax(D, V, label_smoothing=0.1, class_weight=torch.ones(V)).double()
+    one.load_state_dict(state)
+    for k, v in ref.state_dict().items():
+        assert torch.equal(one.state_dict()[k], v), k
+    # shard: a fresh vocab-parallel head loads its shard of the single-process state dict
+    fresh = VocabParallelFullSoftmax(D, V, label_smoothing=0.1, class_weight=cw).double()
+    fresh.load_state_dict(shard_checkpoint(ref.state_dict(), world)[rank])
+    h, y = _data(seed=8)
+    torch.testing.assert_close(fresh(h, y), ref(h, y), **TOL)
+    # another world size, the wrong rank, a single-process file: clear errors naming the helper
+    other = shard_checkpoint(ref.state_dict(), world + 1)
+    with pytest.raises(ValueError, match=r"world size %d.*shard_checkpoint" % (world + 1)):
+        fresh.load_state_dict(other[rank])
+    with pytest.raises(ValueError, match=r"rank %d was given the checkpoint shard of rank" % rank):
+        fresh.load_state_dict(shard_checkpoint(ref.state_dict(), world)[(rank + 1) % world])
+    with pytest.raises(ValueError, match="single-process checkpoint.*shard_checkpoint"):
+        fresh.load_state_dict(ref.state_dict())
+    with pytest.raises(ValueError, match="every rank 0..%d exactly once" % (world - 1)):
+        gather_checkpoint([os.path.join(tmp, "head.rank0.pt")] * world)
+    if rank == 0:
+        with pytest.raises(FileExistsError, match="overwrite=True"):
+            gather_checkpoint([os.path.join(tmp, f"head.rank{r}.pt") for r in range(world)],
+                              out=os.path.join(tmp, "head.rank0.pt"))
+    dist.barrier()
+
+
+def bad_input_worker(rank, world):
+    import pytest
+
+    from bigsoftmax import parallel as P
+
+    table = [
+        ("world size > V", lambda: VocabParallelFullSoftmax(D, world - 1), r"world size 3 exceeds num_classes=2"),
+        ("shard sizes disagree", lambda: VocabParallelFullSoftmax(D, V + rank),
+         r"shard sizes disagree across ranks: rank \d was built for num_classes="),
+        ("hidden sizes", lambda: VocabParallelFullSoftmax(D + (rank == 1), V),
+         r"mismatched hidden sizes across ranks: rank \d has in_features="),
+        ("sampling seed", lambda: P.VocabParallelSampledSoftmax(D, V, 8), r"needs seed="),
+        ("different seeds", lambda: P.VocabParallelNCE(D, V, 8, seed=rank), r"rank \d was built with"),
+        ("partial-fc batch", lambda: P.VocabParallelArcFace(D, V)(torch.randn(4 + rank, D), torch.zeros(4 + rank).long()),
+         r"same local batch size; got \[4, 5, 6\]"),
+        ("sample_rate", lambda: P.VocabParallelCosFace(D, V, sample_rate=0.0), r"sample_rate must be a float in \(0, 1\]"),
+    ]
+    for name, fn, match in table:
+        with pytest.raises(ValueError, match=match):
+            fn()

@@ -7,6 +7,7 @@ See ``docs/parallel.md``. Data parallelism needs nothing from here: every head o
 from . import _comm as comm  # noqa: F401  (counted collectives: comm.STATS)
 from .launch import free_port, run_local
 from .partition import owner_of, partition, shard_range
+from .checkpoint import gather_checkpoint, shard_checkpoint
 from .full import VocabParallelFullSoftmax, global_lse, vocab_parallel_cross_entropy
 from .margin import VocabParallelArcFace, VocabParallelCosFace
 from .sampled import (
@@ -16,4 +17,5 @@ from .sampled import (
 __all__ = ["partition", "shard_range", "owner_of", "run_local", "free_port", "comm",
            "VocabParallelFullSoftmax", "vocab_parallel_cross_entropy", "global_lse",
            "VocabParallelSampledSoftmax", "VocabParallelNCE", "VocabParallelSampledLogistic",
-           "VocabParallelNegativeSampling", "VocabParallelArcFace", "VocabParallelCosFace"]
+           "VocabParallelNegativeSampling", "VocabParallelArcFace", "VocabParallelCosFace",
+           "gather_checkpoint", "shard_checkpoint"]
