@@ -485,7 +485,19 @@ class AdaptiveSoftmax(Head):
         return F.linear(F.linear(h, self.tail_proj[j]), self.tail_weight[j])
 
     def _loss(self, h: Tensor, y: Tensor) -> Tensor:
-        return -self._target_log_prob(h, y)
+        """−log p(y | h) [N]; tail clusters without a row of this batch (and, for an empty batch, every
+        parameter) join the graph through an exact zero-weight term, so ``DistributedDataParallel``
+        needs no ``find_unused_parameters`` (every parameter gets a gradient, zero where unused)."""
+        out = -self._target_log_prob(h, y)
+        if h.shape[0] == 0:
+            unused = [p for p in self.parameters() if p.requires_grad]
+        else:
+            counts = torch.bincount(self._cluster_of(y), minlength=self.n_clusters + 1).tolist()
+            unused = [p for j in range(self.n_clusters) if counts[j + 1] == 0
+                      for p in (self.tail_proj[j], self.tail_weight[j]) if p.requires_grad]
+        if unused and torch.is_grad_enabled():
+            out = out + sum(p.sum() for p in unused).to(out.dtype) * 0.0
+        return out
 
     def _target_log_prob(self, h: Tensor, y: Tensor) -> Tensor:
         """log p(y | h) [N] evaluating only the tail clusters present (one sort, one row gather).

@@ -53,6 +53,7 @@ from .base import Head, LinearEvalMixin
 from ._candidates import CandidateMixin, build_sampler, seeded_generator
 from ._init import init_class_rows, tie_class_rows
 from .._validate import check_scale as _check_scale
+from .rows import ClassRowsMixin
 
 __all__ = [
     "chebyshev_cos",
@@ -295,7 +296,7 @@ def _init_weight(weight: Optional[Tensor], num_classes: int, in_features: int) -
     return w
 
 
-class MarginHead(CandidateMixin, LinearEvalMixin, Head):
+class MarginHead(ClassRowsMixin, CandidateMixin, LinearEvalMixin, Head):
     """Base of the angular/additive margin heads (see the module docstring for the formulas).
 
     Parameters: ``weight [V, d]`` (class centres; no bias, as in all four papers). Subclasses set
@@ -356,8 +357,8 @@ class MarginHead(CandidateMixin, LinearEvalMixin, Head):
     ):
         super().__init__(in_features, num_classes, ignore_index, reduction)
         self.eps = _check_float("eps", eps, 0.0, lo_open=True)
-        self.weight = _init_weight(weight, num_classes, in_features)
-        self.bias = None
+        self.sparse = bool(sparse)
+        self._init_rows(_init_weight(weight, self._num_rows(), in_features), None, self.sparse)
         self.num_sampled = None if num_sampled is None else _check_int("num_sampled", num_sampled, 1)
         self.include_batch_positives = bool(include_batch_positives)
         self.remove_accidental_hits = bool(remove_accidental_hits)
@@ -378,6 +379,10 @@ class MarginHead(CandidateMixin, LinearEvalMixin, Head):
                 raise ValueError("subtract_log_q=True needs include_batch_positives=False: the added batch positives "
                                  "have no proposal probability Q")
         self.generator = seeded_generator(seed)
+
+    def _num_rows(self) -> int:
+        """Class rows this head allocates (all ``num_classes``; a vocab-parallel subclass: its block)."""
+        return self.num_classes
 
     # ----------------------------------------------------------------- what subclasses define
     @property

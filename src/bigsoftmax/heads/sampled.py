@@ -19,11 +19,12 @@ from ._init import init_class_rows, tie_class_rows
 from .base import Head, LinearEvalMixin, check_target, reduce_loss
 from .._validate import check_choice, check_int
 from .._validate import check_per_row_values as _check_per_row
+from .rows import ClassRowsMixin
 
 __all__ = ["SampledSoftmax", "SamplingHead", "draw_candidates"]
 
 
-class SamplingHead(CandidateMixin, LinearEvalMixin, Head):
+class SamplingHead(ClassRowsMixin, CandidateMixin, LinearEvalMixin, Head):
     """Common state of the heads trained on sampled candidates (sampled softmax, NCE, …).
 
     Parameters: ``weight [V, d]`` (row c is class c's output embedding: the ``nn.Embedding`` /
@@ -99,12 +100,16 @@ class SamplingHead(CandidateMixin, LinearEvalMixin, Head):
         self.sparse = bool(sparse)
         self.sampler = sampler
         if weight is not None:
-            self.weight = tie_class_rows(weight, num_classes, in_features, plain_tensor="keep")
+            weight = tie_class_rows(weight, num_classes, in_features, plain_tensor="keep")
         else:
-            self.weight = nn.Parameter(torch.empty(num_classes, in_features))
-            init_class_rows(self.weight)  # the default scheme: N(0, 1/d)
-        self.bias = nn.Parameter(torch.zeros(num_classes)) if bias else None
+            weight = nn.Parameter(torch.empty(self._num_rows(), in_features))
+            init_class_rows(weight)  # the default scheme: N(0, 1/d)
+        self._init_rows(weight, nn.Parameter(torch.zeros(weight.shape[0])) if bias else None, self.sparse)
         self.generator = seeded_generator(seed)
+
+    def _num_rows(self) -> int:
+        """Class rows this head allocates (all ``num_classes``; a vocab-parallel subclass: its block)."""
+        return self.num_classes
 
     # ----------------------------------------------------------------- protocol plumbing
     def eval_weight(self) -> Tensor:

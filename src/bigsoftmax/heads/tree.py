@@ -55,6 +55,7 @@ from ..ops.tree import grouped_scores as _grouped_scores
 from ..ops.tree import mask_value as _neg
 from ._init import init_class_rows
 from .base import Head
+from .rows import ClassRowsMixin
 
 __all__ = ["TreeSoftmax", "HierarchicalSoftmax", "ClassBasedSoftmax", "segment_log_softmax"]
 
@@ -119,7 +120,7 @@ def _fill_in_row(rows: Tensor, vals: Tensor, sizes: Tensor, n: int, k: int) -> T
 
 
 # ----------------------------------------------------------------------------- the head
-class TreeSoftmax(Head):
+class TreeSoftmax(ClassRowsMixin, Head):
     """Softmax factorised over a class tree (see the module docstring for formulas and costs).
 
     Args:
@@ -168,8 +169,8 @@ class TreeSoftmax(Head):
         self.sigmoid = parameterization == "sigmoid"
         self.sparse = bool(sparse)
         rows = tree.num_nodes if self.sigmoid else tree.num_slots
-        self.weight = nn.Parameter(torch.empty(rows, in_features))
-        self.bias = nn.Parameter(torch.zeros(rows)) if bias else None
+        self._init_rows(nn.Parameter(torch.empty(rows, in_features)), nn.Parameter(torch.zeros(rows)) if bias else None,
+                        self.sparse)
         self.reset_parameters()
         for name in ("node_arity", "node_offset", "node_parent_slot", "slot_node", "slot_child", "slot_is_leaf",
                      "slot_valid", "leaf_slot", "leaf_depth"):
