@@ -57,12 +57,19 @@ def save_atomic(obj, path: Union[str, Path]) -> None:
     """``torch.save`` to a temporary file in the same folder, fsync, then ``os.replace`` onto ``path``."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    _replace_atomic(path, "wb", lambda f: torch.save(obj, f), fsync=True)
+
+
+def _replace_atomic(path: Path, mode: str, write, fsync: bool = False) -> None:
+    """Write through ``write(f)`` into a temporary file beside ``path``, then ``os.replace`` it onto
+    ``path``; the temporary file is removed if anything fails (the old ``path`` stays intact)."""
     fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
     try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
+        with os.fdopen(fd, mode, **({} if "b" in mode else {"encoding": "utf-8"})) as f:
+            write(f)
+            if fsync:
+                f.flush()
+                os.fsync(f.fileno())
         os.chmod(tmp, _umask_mode())
         os.replace(tmp, path)
     except BaseException:
@@ -74,11 +81,7 @@ def save_atomic(obj, path: Union[str, Path]) -> None:
 def write_json_atomic(obj, path: Union[str, Path]) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
-    with os.fdopen(fd, "w", encoding="utf-8") as f:
-        json.dump(obj, f, indent=1, default=_json_default)
-    os.chmod(tmp, _umask_mode())
-    os.replace(tmp, path)
+    _replace_atomic(path, "w", lambda f: json.dump(obj, f, indent=1, default=_json_default))
 
 
 def _json_default(o):
@@ -96,16 +99,7 @@ def write_text_atomic(text: str, path: Union[str, Path]) -> None:
     """Write ``text`` to a temporary file in the same folder, then ``os.replace`` it onto ``path``."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-        os.chmod(tmp, _umask_mode())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    _replace_atomic(path, "w", lambda f: f.write(text))
 
 
 #: the temporary names :func:`save_atomic` / :func:`write_json_atomic` use: ``<name>.<8 mkstemp chars>.tmp``
