@@ -512,16 +512,30 @@ class _FusedSampledSoftmax(torch.autograd.Function):
         bp = bias.index_select(0, pool) if bias is not None else None
         if bp is not None and per_row_rows:
             bp = bp.reshape(B, -1)
-        z = _candidate_scores(inputs, Wp, bp, inv)  # [B, S]
-        z -= sampled_log_q.to(inputs.dtype)
+        if inv is None and not per_row_rows:  # shared: fold −log Q into the [S] bias, one pass over [B, S]
+            shift = -sampled_log_q.to(inputs.dtype)
+            if bp is not None:
+                shift = shift + bp
+            z = torch.mm(inputs, Wp.t())
+            z += shift
+        else:
+            z = _candidate_scores(inputs, Wp, bp, inv)  # [B, S]
+            z -= sampled_log_q.to(inputs.dtype)
         zt = torch.bmm(Wt, inputs[:, :, None])[:, :, 0] - true_log_q.to(inputs.dtype)
         if bias is not None:
             zt = zt + bias.index_select(0, labels.reshape(-1)).reshape(B, T)
-        if hits is not None:  # a neutral value for the max; zeroed after exp (a mask, no ±inf anywhere)
+        # hits get a neutral value for the max and are zeroed after exp (a mask, no ±inf anywhere):
+        # shared candidates as (row, col) pairs (touches only the hits), per example as a [B, S] mask
+        pairs = isinstance(hits, tuple)
+        if pairs:
+            z.index_put_(hits, zt[:, 0].index_select(0, hits[0]))
+        elif hits is not None:
             z = torch.where(hits, zt[:, :1], z)
         m = torch.maximum(z.amax(dim=1), zt.amax(dim=1)) if z.shape[1] else zt.amax(dim=1)
         e = z.sub_(m[:, None]).exp_()
-        if hits is not None:
+        if pairs:
+            e.index_put_(hits, e.new_zeros(()))
+        elif hits is not None:
             e.masked_fill_(hits, 0.0)
         et = (zt - m[:, None]).exp()
         sumexp = e.sum(dim=1) + et.sum(dim=1)
@@ -635,7 +649,9 @@ def fused_sampled_softmax(
     tlq = torch.log(true_expected_count.to(device=inputs.device, dtype=acc)).expand(labels.shape)
     slq = torch.log(sampled_expected_count.to(device=inputs.device, dtype=acc))
     sampled = sampled.to(inputs.device).long()
-    hits = hit_mask(labels, sampled) if remove_accidental_hits else None
+    hits = None
+    if remove_accidental_hits:  # shared [S]: the few (row, col) hit pairs; per example: a [B, S] mask
+        hits = hit_pairs(labels, sampled) if sampled.dim() == 1 else hit_mask(labels, sampled)
     inv, rows = None, False
     if sampled.dim() == 2 and gather == "unique":
         pool, inv = torch.unique(sampled, return_inverse=True)
