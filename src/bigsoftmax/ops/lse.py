@@ -332,6 +332,7 @@ def dense_grads(x: Tensor, W: Tensor, b: Optional[Tensor], y: Optional[Tensor], 
     xs = xc if sgn is None else xc * sgn[:, None].to(p.cdt)
     yr = None if y is None else pick(y)
     buf = x2.new_empty(R, min(p.chunk, V)) if E0 is None else None
+    neg_shift = (-shift2)[:, None].to(p.cdt) if E0 is None and b is None and p.cdt == p.acc else None
     gxr = None
     if out.gx is not None:
         gxr = out.gx if all_active else torch.zeros(R, d, dtype=p.acc, device=x.device)
@@ -340,6 +341,12 @@ def dense_grads(x: Tensor, W: Tensor, b: Optional[Tensor], y: Optional[Tensor], 
         if E0 is not None:  # logits already exponentiated: rescale rows, no GEMM
             E = pick(E0)
             E.mul_(torch.exp2(pick(m2) - shift2)[:, None])
+        elif neg_shift is not None:  # no bias: the row shift rides on the GEMM (one pass fewer over [R, chunk])
+            E = buf[:, : s1 - s0]
+            torch.addmm(neg_shift, x2, W[s0:s1].to(p.cdt).t(), out=E).exp2_()
+            if p.exclude_target:
+                tr, tc = _target_in_slice(yr, s0, s1)
+                E[tr, tc] = 0.0
         else:
             E = _exp2_shifted_(slice_logits2(x2, W, b, s0, s1, p, buf), shift2, yr, s0, s1, p)
         _slice_grads(E, xs, W[s0:s1].to(p.cdt), sgn, p, gxr, out, s0, s1, accumulate)
