@@ -7,7 +7,10 @@ Issue 15. On each corpus (``gutenberg``, ``brown``), same LSTM, same tokens, sam
 * ``sampled`` with the ``log_uniform``, ``unigram`` (counts^0.75) and ``bigram`` proposals at
   S = V/16, and ``bigram`` at a smaller S_b chosen so that its output-layer step costs no more than
   the log-uniform step at V/16 (calibrated in this process before the runs, see below);
-* ``nce`` with log-uniform noise at V/16 and bigram noise at V/16 and at S_b.
+* ``nce`` with log-uniform noise at V/16 and bigram noise at V/16 and at S_b;
+* ``sampled`` and ``nce`` with the ``mixed`` proposal at S = V/16: a shared log-uniform set of
+  V/16 − R plus R = ``--per-row`` bigram draws per target (``samplers.Mixed``; the shared part is one
+  GEMM, so the step costs about the log-uniform one).
 
 Each run reports the exact validation perplexity (every head is evaluated with its exact full
 softmax) as a ratio to the full softmax's, and the speed-up per epoch (tokens/s ratio).
@@ -79,7 +82,7 @@ def _rows(corpus, N: int, seed: int = 0):
     return train[pos - 1], train[pos], train
 
 
-def _samplers(corpus, train):
+def _samplers(corpus, train, per_row: int = 32):
     counts = torch.as_tensor(corpus.counts.astype("float64")).clamp_min(1.0)
     V = counts.numel()
     return {
@@ -88,6 +91,7 @@ def _samplers(corpus, train):
         # as the LM job draws it (registry: with replacement), and TF's unique semantics per row
         "bigram": S.Bigram(V, train, unigram_counts=counts, unique=False),
         "bigram (unique=True)": S.Bigram(V, train, unigram_counts=counts, unique=True),
+        f"mixed (R={per_row})": S.Mixed(S.LogUniform(V), S.Bigram(V, train, unigram_counts=counts, unique=False), per_row),
     }
 
 
@@ -114,7 +118,9 @@ def calibrate(corpus, samplers, d: int, N: int, repeats: int):
         s //= 2
     times = [(s, _head_step_time(samplers["bigram"], V, d, s, prev, y, repeats)) for s in grid]
     ok = [s for s, t in times if t <= ref]
-    return (max(ok) if ok else min(grid, default=8)), ref, times
+    mixed = next(k for k in samplers if k.startswith("mixed"))
+    t_mixed = _head_step_time(samplers[mixed], V, d, max(1, V // 16), prev, y, repeats)
+    return (max(ok) if ok else min(grid, default=8)), ref, times, (mixed, t_mixed)
 
 
 def draw_costs(corpus, samplers, N: int, sizes, repeats: int):
@@ -125,6 +131,9 @@ def draw_costs(corpus, samplers, N: int, sizes, repeats: int):
         row = {"S": s}
         for name, sm in samplers.items():
             ctx = {"context": prev} if getattr(sm, "context_dependent", False) else {}
+            if s <= getattr(sm, "num_per_row", 0):  # a mixed set needs at least one shared candidate
+                row[name] = None
+                continue
             row[name] = timeit(lambda: sm.sample(y[:, None], s, g, **ctx), repeats, min_below=5)
         out.append(row)
     return out
@@ -156,7 +165,7 @@ def gather_costs(corpus, samplers, d: int, N: int, sizes, repeats: int):
 
 
 # ----------------------------------------------------------------------------- LM runs
-def configs(V: int, s_small: int):
+def configs(V: int, s_small: int, per_row: int = 32):
     s16 = max(1, V // 16)
     return [
         ("full", "full", None, None),
@@ -167,11 +176,13 @@ def configs(V: int, s_small: int):
         (f"nce log_uniform S={s16}", "nce", "log_uniform", s16),
         (f"nce bigram S={s16}", "nce", "bigram", s16),
         (f"nce bigram S={s_small}", "nce", "bigram", s_small),
+        (f"sampled mixed S={s16} (R={per_row})", "sampled", "mixed", s16),
+        (f"nce mixed S={s16} (R={per_row})", "nce", "mixed", s16),
     ]
 
 
 def run_train(corpus: str, tag: str, head: str, sampler, s, a, root: Path):
-    out = root / "runs" / tag.replace(" ", "_").replace("^", "").replace("=", "")
+    out = root / "runs" / tag.replace(" ", "_").replace("^", "").replace("=", "").replace("(", "").replace(")", "")
     if out.exists():
         if not a.overwrite:
             raise SystemExit(f"{out} exists (an earlier run); pass --overwrite to replace it")
@@ -185,6 +196,8 @@ def run_train(corpus: str, tag: str, head: str, sampler, s, a, root: Path):
             cmd += [flag, str(v)]
     if sampler is not None:
         cmd += ["--sampler", sampler, "--num-sampled", str(s)]
+    if sampler == "mixed":
+        cmd += ["--per-row", str(a.per_row)]
     t0 = time.time()
     proc = subprocess.run(cmd, env=dict(os.environ, PYTHONPATH=str(REPO / "src")), capture_output=True, text=True)
     if proc.returncode != 0:
@@ -197,7 +210,7 @@ def run_train(corpus: str, tag: str, head: str, sampler, s, a, root: Path):
 
 # ----------------------------------------------------------------------------- report
 def _ms(t):
-    return f"{t * 1e3:.2f}"
+    return "-" if t is None else f"{t * 1e3:.2f}"
 
 
 def markdown(corpus: str, res) -> str:
@@ -221,6 +234,9 @@ def markdown(corpus: str, res) -> str:
     L += ["Calibration (output-layer step: draw + forward + backward, ms):", "",
           f"| proposal | S | ms |", "|---|---:|---:|", f"| log_uniform | {V // 16} | {_ms(res['calibration']['ref'])} |"]
     L += [f"| bigram | {s} | {_ms(t)} |" for s, t in res["calibration"]["bigram"]]
+    if res["calibration"].get("mixed"):
+        name, t = res["calibration"]["mixed"]
+        L.append(f"| {name} | {V // 16} | {_ms(t)} |")
     names = [k for k in res["draws"][0] if k != "S"]
     L += ["", "Drawing candidates (ms per step; shared = one [S] set, bigram = N·S per-example):", "",
           "| S | " + " | ".join(names) + " |", "|---:|" + "---:|" * len(names)]
@@ -246,6 +262,9 @@ def main(argv=None) -> int:
     p.add_argument("--max-lines", type=int, default=None, help="first N lines of each corpus (smoke runs)")
     p.add_argument("--bigram-s", type=int, default=None, help="S_b for the small-S bigram runs (default: calibrated)")
     p.add_argument("--repeats", type=int, default=5, help="timed calls per micro-benchmark (median)")
+    p.add_argument("--per-row", type=int, default=32, help="per-target bigram draws of the mixed proposal (default 32)")
+    p.add_argument("--runs", default=None,
+                   help="comma-separated substrings: only the training runs whose tag contains one (default: all)")
     p.add_argument("--micro-only", action="store_true", help="only the micro-benchmarks, no training runs")
     p.add_argument("--out", default=str(REPO / "benchmarks" / "results" / "proposals"))
     p.add_argument("--overwrite", action="store_true", help="replace run folders of an earlier run")
@@ -258,19 +277,21 @@ def main(argv=None) -> int:
     for corpus in a.corpora.split(","):
         c = _corpus(corpus, a)
         V, N = len(c.vocab), a.batch_size * a.seq_len
-        samplers = _samplers(c, torch.as_tensor(c.train.astype("int64")))
-        s_small, ref, times = calibrate(c, samplers, a.d_model, N, a.repeats)
+        samplers = _samplers(c, torch.as_tensor(c.train.astype("int64")), a.per_row)
+        s_small, ref, times, mixed = calibrate(c, samplers, a.d_model, N, a.repeats)
         if a.bigram_s is not None:
             s_small = a.bigram_s
         sizes = sorted({max(1, V // 16), s_small}, reverse=True)
         res = {"corpus": corpus, "vocab_size": V, "N": N, "d": a.d_model, "s_small": s_small,
-               "calibration": {"ref": ref, "bigram": times},
+               "calibration": {"ref": ref, "bigram": times, "mixed": mixed},
                "draws": draw_costs(c, samplers, N, sizes, a.repeats),
                "gather": gather_costs(c, samplers, a.d_model, N, sizes, a.repeats), "runs": []}
         d = root / corpus
         d.mkdir(parents=True, exist_ok=True)
         if not a.micro_only:
-            for tag, head, sampler, s in configs(V, s_small):
+            for tag, head, sampler, s in configs(V, s_small, a.per_row):
+                if a.runs and not any(k in tag for k in a.runs.split(",")):
+                    continue
                 r = run_train(corpus, tag, head, sampler, s, a, d)
                 print(f"{corpus}: {tag}: {r}", file=sys.stderr)
                 res["runs"].append(r)

@@ -251,10 +251,13 @@ class SampledSoftmax(SamplingHead):
     """
 
     def _sampled_loss(self, h: Tensor, y: Tensor, sampled_values, context=None) -> Tensor:
+        drawn = sampled_values is None
         sampled, true_exp, samp_exp = self._checked_values(h, y, sampled_values, context)
         if ops.fused_ok(self.weight, self.bias, h):
+            # a Mixed sampler's own draw: its first P columns are one shared set (one GEMM for them)
+            shared = self.sampler.shared_columns(self.num_sampled) if drawn and hasattr(self.sampler, "shared_columns") else 0
             return ops.fused_sampled_softmax(h, self.weight, self.bias, y, sampled, true_exp, samp_exp,
                                              remove_accidental_hits=self.remove_accidental_hits, sparse=self.sparse,
-                                             gather=self.gather)
+                                             gather=self.gather, shared_columns=shared)
         parts = self._parts(h, y, (sampled, true_exp, samp_exp), subtract_log_q=True)
         return ops.softmax_ce(parts).to(h.dtype)

@@ -53,9 +53,12 @@ def _add_model_args(p: argparse.ArgumentParser, head_default: Optional[str] = "f
         g.add_argument("--head", default=None, help="output head (see `bigsoftmax heads`; default: full)")
     g.add_argument("--num-sampled", type=_pos_int, default=None,
                    help="candidates per step for sampling heads (default: V/16)")
-    g.add_argument("--sampler", default=None, choices=["log_uniform", "unigram", "uniform", "bigram"],
+    g.add_argument("--sampler", default=None, choices=["log_uniform", "unigram", "uniform", "bigram", "mixed"],
                    help="candidate sampler for sampling heads (default: log_uniform; unigram^0.75 for negsampling; "
-                        "bigram: per-example candidates from the previous token, sampled / NCE heads)")
+                        "bigram: per-example candidates from the previous token, sampled / NCE heads; "
+                        "mixed: a shared log-uniform set plus --per-row bigram draws per target)")
+    g.add_argument("--per-row", type=_pos_int, default=None,
+                   help="per-target bigram draws of --sampler mixed (default: 32; part of --num-sampled)")
     g.add_argument("--sparse", action="store_const", const=True, default=None,
                    help="sparse gradients for embedding rows (dense Adam + SparseAdam)")
     g.add_argument("--cutoffs", type=_int_list, default=None, help="adaptive softmax cutoffs, e.g. 2000,10000")
@@ -98,7 +101,7 @@ def _add_model_args(p: argparse.ArgumentParser, head_default: Optional[str] = "f
 
 #: TrainConfig fields set from same-named arguments
 _FIELDS = ("corpus", "lowercase", "min_count", "max_size", "max_lines", "block_lines", "num_sampled", "sampler",
-           "sparse", "cutoffs", "div_value", "num_clusters", "model", "d_model", "num_layers", "num_heads", "dropout",
+           "per_row", "sparse", "cutoffs", "div_value", "num_clusters", "model", "d_model", "num_layers", "num_heads", "dropout",
            "tie", "batch_size", "seq_len", "lr", "clip", "seed", "epochs", "max_tokens", "time_budget", "eval_tokens",
            "checkpoint_every")
 

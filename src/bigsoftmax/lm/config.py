@@ -72,6 +72,7 @@ class TrainConfig:
     head: str = "full"
     num_sampled: Optional[int] = None
     sampler: Optional[str] = None
+    per_row: int = 32
     sparse: bool = False
     cutoffs: Optional[List[int]] = None
     div_value: float = 4.0
@@ -140,7 +141,8 @@ class TrainConfig:
         return cls(**{k: v for k, v in d.items() if k in names})
 
     def head_options(self) -> HeadOptions:
-        return HeadOptions(num_sampled=self.num_sampled, sampler=self.sampler, sparse=self.sparse, seed=self.seed,
+        return HeadOptions(num_sampled=self.num_sampled, sampler=self.sampler, per_row=self.per_row, sparse=self.sparse,
+                           seed=self.seed,
                            cutoffs=self.cutoffs, div_value=self.div_value, num_clusters=self.num_clusters)
 
     def corpus_kwargs(self) -> Dict:

@@ -35,8 +35,9 @@ class HeadOptions:
 
     num_sampled: candidates per step for sampling heads (default ``V // 16``).
     sampler: ``'log_uniform'`` (Zipf, assumes frequency-sorted ids), ``'unigram'`` (counts^distortion),
-        ``'uniform'`` or ``'bigram'`` (``samplers.Bigram`` over ``tokens``: the head then takes the
-        previous token of every target as ``context=``); None = the head's default (unigram^0.75 for negative sampling, log-uniform
+        ``'uniform'``, ``'bigram'`` (``samplers.Bigram`` over ``tokens``: the head then takes the
+        previous token of every target as ``context=``) or ``'mixed'`` (``samplers.Mixed``: a shared
+        log-uniform set of ``num_sampled − per_row`` plus ``per_row`` bigram draws per target); None = the head's default (unigram^0.75 for negative sampling, log-uniform
         for the others).
     distortion: exponent for the unigram sampler (0.75 as in word2vec).
     sparse: sparse gradients for the class-embedding rows.
@@ -45,7 +46,8 @@ class HeadOptions:
     div_value: adaptive-softmax projection shrink factor per tail cluster.
     num_clusters: class-based softmax number of frequency-binned classes (default ~sqrt(V)).
     extra: further keyword arguments passed verbatim (filtered by the constructor's signature).
-    tokens: the training token stream, needed by the ``'bigram'`` sampler (not serialised).
+    tokens: the training token stream, needed by the ``'bigram'`` and ``'mixed'`` samplers (not serialised).
+    per_row: per-target bigram draws of the ``'mixed'`` sampler (default 32).
     """
 
     num_sampled: Optional[int] = None
@@ -58,6 +60,7 @@ class HeadOptions:
     num_clusters: Optional[int] = None
     extra: Dict[str, object] = field(default_factory=dict)
     tokens: Optional[np.ndarray] = field(default=None, repr=False)
+    per_row: int = 32
 
     def to_dict(self) -> Dict[str, object]:
         d = asdict(self)
@@ -75,7 +78,7 @@ class HeadSpec:
     builder: Callable
 
 
-_SAMPLERS = ("log_uniform", "unigram", "uniform", "bigram")
+_SAMPLERS = ("log_uniform", "unigram", "uniform", "bigram", "mixed")
 
 
 def default_num_sampled(vocab_size: int) -> int:
@@ -92,9 +95,11 @@ def default_cutoffs(vocab_size: int) -> List[int]:
     return [c1, c2] if c2 < vocab_size else [c1]
 
 
-def make_sampler(kind: str, counts: np.ndarray, unique: bool = True, distortion: float = 0.75, tokens=None):
+def make_sampler(kind: str, counts: np.ndarray, unique: bool = True, distortion: float = 0.75, tokens=None,
+                 per_row: int = 32):
     """A :mod:`bigsoftmax.samplers` sampler over ``len(counts)`` frequency-sorted classes
-    (``'bigram'``: built from the ``tokens`` stream, unigram part counts^distortion)."""
+    (``'bigram'``: built from the ``tokens`` stream, unigram part counts^distortion; ``'mixed'``: a
+    shared log-uniform set plus ``per_row`` such bigram draws per row)."""
     from .. import samplers as S
 
     V = int(len(counts))
@@ -105,14 +110,15 @@ def make_sampler(kind: str, counts: np.ndarray, unique: bool = True, distortion:
     if kind == "unigram":
         c = torch.as_tensor(np.asarray(counts, dtype=np.float64)).clamp_min(1.0)  # every class drawable
         return S.Unigram(c, distortion=distortion, unique=unique)
-    if kind == "bigram":
+    if kind in ("bigram", "mixed"):
         if tokens is None:
-            raise ValueError("the bigram sampler needs the training token stream (HeadOptions.tokens)")
+            raise ValueError(f"the {kind} sampler needs the training token stream (HeadOptions.tokens)")
         # drawn with replacement (S·Q expected counts, exact): per-row unique draws need several
         # sort-and-redraw rounds, ~8x the cost at S = V/16 (benchmarks/proposals.py, "Drawing candidates")
         c = torch.as_tensor(np.asarray(counts, dtype=np.float64)).clamp_min(1.0)  # every class drawable
-        return S.Bigram(V, torch.as_tensor(np.asarray(tokens, dtype=np.int64)), unigram_counts=c, alpha=distortion,
-                        unique=False)
+        big = S.Bigram(V, torch.as_tensor(np.asarray(tokens, dtype=np.int64)), unigram_counts=c, alpha=distortion,
+                       unique=False)
+        return big if kind == "bigram" else S.Mixed(S.LogUniform(V, unique=unique), big, per_row)
     raise ValueError(f"sampler must be one of {_SAMPLERS}, got {kind!r}")
 
 
@@ -140,7 +146,9 @@ def _build_sampling(cls, in_features: int, counts, o: HeadOptions, default_sampl
         # the head's own noise from the class counts; every class drawable (<unk> may have count 0)
         kw["counts"] = _counts_tensor(counts).clamp_min(1.0)
     else:
-        kw["sampler"] = make_sampler(o.sampler or default_sampler, counts, True, o.distortion, o.tokens)
+        if o.sampler == "mixed" and not 1 <= o.per_row < S:
+            raise ValueError(f"per_row must lie in [1, num_sampled={S}) for the mixed sampler, got {o.per_row}")
+        kw["sampler"] = make_sampler(o.sampler or default_sampler, counts, True, o.distortion, o.tokens, o.per_row)
     kw.update(o.extra)
     return cls(in_features, V, **_accepted(cls, kw))
 

@@ -502,7 +502,8 @@ class _FusedSampledSoftmax(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, inputs, weight, bias, labels, pool, inv, true_log_q, sampled_log_q, hits, sparse, per_row_rows):
+    def forward(ctx, inputs, weight, bias, labels, pool, inv, true_log_q, sampled_log_q, hits, sparse, per_row_rows,
+                n_shared=0):
         B, d = inputs.shape
         T = labels.shape[1]
         Wp = weight.index_select(0, pool)
@@ -512,7 +513,18 @@ class _FusedSampledSoftmax(torch.autograd.Function):
         bp = bias.index_select(0, pool) if bias is not None else None
         if bp is not None and per_row_rows:
             bp = bp.reshape(B, -1)
-        if inv is None and not per_row_rows:  # shared: fold −log Q into the [S] bias, one pass over [B, S]
+        if n_shared:  # mixed: P shared columns by one GEMM, R per-row columns by B matrix-vector products
+            P = n_shared
+            R = (pool.shape[0] - P) // B
+            z = inputs.new_empty(B, P + R)
+            if bp is not None:
+                torch.addmm(bp[:P], inputs, Wp[:P].t(), out=z[:, :P])
+            else:
+                torch.mm(inputs, Wp[:P].t(), out=z[:, :P])
+            zr = torch.bmm(Wp[P:].view(B, R, d), inputs[:, :, None])[:, :, 0]
+            z[:, P:] = zr if bp is None else zr + bp[P:].view(B, R)
+            z -= sampled_log_q.to(inputs.dtype)
+        elif inv is None and not per_row_rows:  # shared: fold −log Q into the [S] bias, one pass over [B, S]
             shift = -sampled_log_q.to(inputs.dtype)
             if bp is not None:
                 shift = shift + bp
@@ -541,6 +553,7 @@ class _FusedSampledSoftmax(torch.autograd.Function):
         sumexp = e.sum(dim=1) + et.sum(dim=1)
         loss = m + sumexp.log() - zt.mean(dim=1)
         ctx.save_for_backward(inputs, Wp, Wt, e, et, sumexp, labels, pool, inv)
+        ctx.n_shared = n_shared
         ctx.has_bias = bias is not None
         ctx.sparse = sparse
         ctx.V = weight.shape[0]
@@ -554,6 +567,8 @@ class _FusedSampledSoftmax(torch.autograd.Function):
         T = labels.shape[1]
         r = g / sumexp
         Pt = et * r[:, None] - (g / T)[:, None]  # dL/dz_true [B, T]
+        if ctx.n_shared:
+            return _mixed_backward(ctx, g, r, Pt, inputs, Wp, Wt, e, labels, pool)
         if inv is not None:  # unique pool: dL/dz_pool [B, U], duplicates within a row summed
             G = torch.zeros(B, Wp.shape[0], dtype=e.dtype, device=e.device).scatter_add_(1, inv, e * r[:, None])
         elif Wp.dim() == 3:  # per-example rows: dL/dz [B, S]
@@ -590,7 +605,37 @@ class _FusedSampledSoftmax(torch.autograd.Function):
                 else:
                     bp = torch.mv(e.t(), r) if G is None else G.sum(0)
                 grad_b = _scatter_rows(ids, torch.cat([bp, Pt.reshape(-1)]), (ctx.V,), ctx.sparse)
-        return grad_x, grad_w, grad_b, None, None, None, None, None, None, None, None
+        return grad_x, grad_w, grad_b, None, None, None, None, None, None, None, None, None
+
+
+def _mixed_backward(ctx, g, r, Pt, inputs, Wp, Wt, e, labels, pool):
+    """Backward of the mixed layout: P shared columns (two GEMMs, as the shared layout) and R
+    per-row columns (outer products) of ``e`` [B, P + R]; ``r = g / Σexp``, ``Pt = dL/dz_true``."""
+    B, d = inputs.shape
+    T = labels.shape[1]
+    P = ctx.n_shared
+    R = e.shape[1] - P
+    es, Gr = e[:, :P], e[:, P:] * r[:, None]  # dL/dz_shared = es * r (never formed), dL/dz_row = Gr
+    Ws, Wr = Wp[:P], Wp[P:].view(B, R, d)
+    grad_x = grad_w = grad_b = None
+    if ctx.needs_input_grad[0]:
+        grad_x = torch.mm(es, Ws).mul_(r[:, None])
+        grad_x.add_(torch.bmm(Gr[:, None, :], Wr)[:, 0, :]).add_(torch.bmm(Pt[:, None, :], Wt)[:, 0, :])
+    need_w = ctx.needs_input_grad[1]
+    need_b = ctx.has_bias and ctx.needs_input_grad[2]
+    if need_w or need_b:
+        ids = torch.cat([pool, labels.reshape(-1)])
+        n = pool.shape[0]
+        if need_w:
+            vals = inputs.new_empty(n + B * T, d)
+            torch.mm(es.t(), inputs * r[:, None], out=vals[:P])
+            torch.mul(Gr[:, :, None], inputs[:, None, :], out=vals[P:n].view(B, R, d))
+            torch.mul(Pt[:, :, None], inputs[:, None, :], out=vals[n:].view(B, T, d))
+            grad_w = _scatter_rows(ids, vals, (ctx.V, d), ctx.sparse)
+        if need_b:
+            bvals = torch.cat([torch.mv(es.t(), r), Gr.reshape(-1), Pt.reshape(-1)])
+            grad_b = _scatter_rows(ids, bvals, (ctx.V,), ctx.sparse)
+    return grad_x, grad_w, grad_b, None, None, None, None, None, None, None, None, None
 
 
 def _scatter_rows(ids: Tensor, vals: Tensor, size, sparse: bool) -> Tensor:
@@ -610,6 +655,7 @@ def fused_sampled_softmax(
     remove_accidental_hits: bool = True,
     sparse: bool = False,
     gather: str = "unique",
+    shared_columns: int = 0,
 ) -> Tensor:
     r"""Per-example sampled softmax loss through the fused kernel (inputs already validated).
 
@@ -628,6 +674,9 @@ def fused_sampled_softmax(
         remove_accidental_hits: mask candidates equal to their row's true classes.
         sparse: weight/bias gradients as sparse COO tensors.
         gather: per-example layout, ``"unique"`` or ``"rows"`` (see the module docstring).
+        shared_columns: P > 0 when the first P columns of per-example ``sampled`` [B, S] are one set
+            shared by every row (``samplers.Mixed``): those are scored by one GEMM, the other S − P
+            per row (``gather`` is then unused). The caller guarantees the columns are shared.
 
     Shape:
         - output: ``(B)``.
@@ -650,6 +699,17 @@ def fused_sampled_softmax(
     slq = torch.log(sampled_expected_count.to(device=inputs.device, dtype=acc))
     sampled = sampled.to(inputs.device).long()
     hits = None
+    P = int(shared_columns) if sampled.dim() == 2 else 0
+    if P:
+        if not 0 < P < sampled.shape[1]:
+            raise ValueError(f"shared_columns must lie in [1, {sampled.shape[1]}) for {sampled.shape[1]} candidates "
+                             f"per row, got {P}")
+        if remove_accidental_hits:
+            hits = torch.zeros(sampled.shape, dtype=torch.bool, device=sampled.device)
+            hits.index_put_(hit_pairs(labels, sampled[0, :P]), torch.ones((), dtype=torch.bool, device=sampled.device))
+            hits[:, P:] = hit_mask(labels, sampled[:, P:])
+        pool = torch.cat([sampled[0, :P], sampled[:, P:].reshape(-1)])
+        return _FusedSampledSoftmax.apply(inputs, weight, bias, labels, pool, None, tlq, slq, hits, sparse, False, P)
     if remove_accidental_hits:  # shared [S]: the few (row, col) hit pairs; per example: a [B, S] mask
         hits = hit_pairs(labels, sampled) if sampled.dim() == 1 else hit_mask(labels, sampled)
     inv, rows = None, False

@@ -245,6 +245,7 @@ class Bigram(CandidateSampler):
         ptr = torch.zeros(V + 1, dtype=torch.long, device=dev)
         ptr[1:] = torch.bincount(rows, minlength=V).cumsum(0)
         cum0 = torch.cat([self._cum.new_zeros(1), self._cum])
+        self._ptr = ptr  # CSR row pointers into keys
         self._row_start = cum0[ptr[:-1]]  # total count before row p
         self._row_total = cum0[ptr[1:]] - self._row_start  # c(p)
         w = self.unigram.pow(self.alpha)
@@ -285,6 +286,41 @@ class Bigram(CandidateSampler):
         tot = self._row_total[context].to(torch.float64)[:, None]
         lam = torch.where(tot > 0, self.lam, 0.0)
         return lam * (c / tot.clamp(min=1.0)) + (1.0 - lam) * uni
+
+    def _cond_prob_columns(self, context: Tensor, ids: Tensor, scale: float = 1.0,
+                           add: Optional[Tensor] = None) -> Tensor:
+        """``scale · Q(ids[k] | context[n]) + add[k]`` as ``[N, K]`` float32, for one id set shared by the rows.
+
+        Cheaper than :meth:`_cond_prob64` on ``ids.expand(N, K)`` (N·K binary searches): the rows are
+        grouped by distinct context ``p`` and only the successors of each ``p`` are looked up in the
+        sorted ids — O(Σ_p succ(p) · log K) searches, a ``[P_distinct, K]`` table, and one gather to
+        ``[N, K]``. ``context`` [N] and ``ids`` [K] on the buffers' device.
+        """
+        V = self.range_max
+        uc, cinv = torch.unique(context, return_inverse=True)
+        su, sinv = torch.unique(ids, return_inverse=True)  # sorted distinct ids; ids = su[sinv]
+        uni = (self._uw[su] / self._ucdf[-1]) if self.lam < 1 else torch.zeros(su.shape, dtype=torch.float64,
+                                                                             device=su.device)
+        tot = self._row_total[uc]
+        lam = torch.where(tot > 0, self.lam, 0.0).to(torch.float64)
+        table = ((1.0 - lam) * scale)[:, None] * uni[None, :]  # [P_distinct, K_distinct] float64
+        if self.lam > 0 and self.keys.numel() and su.numel():
+            start = self._ptr[uc]
+            deg = self._ptr[uc + 1] - start
+            n = int(deg.sum())
+            if n:
+                rows = torch.repeat_interleave(torch.arange(uc.numel(), device=uc.device), deg)
+                pos = torch.repeat_interleave(start - (deg.cumsum(0) - deg), deg) + torch.arange(n, device=uc.device)
+                col = self._col[pos]
+                j = torch.searchsorted(su, col).clamp_(max=su.numel() - 1)
+                hit = su[j] == col
+                rows, j, pos = rows[hit], j[hit], pos[hit]
+                w = (lam * scale / tot.clamp(min=1).to(torch.float64))[rows] * self.pair_counts[pos].to(torch.float64)
+                table.index_put_((rows, j), w, accumulate=True)
+        table = table.index_select(1, sinv).to(torch.float32)  # columns in the order of ids (small: P_distinct rows)
+        if add is not None:
+            table += add.to(device=table.device, dtype=torch.float32)[None, :]
+        return table.index_select(0, cinv)
 
     def _draw_rows(self, context: Tensor, m: int, generator: Optional[torch.Generator]) -> Tensor:
         """[N, m] i.i.d. draws, row n from Q(· | context[n]); one float64 uniform per draw."""
