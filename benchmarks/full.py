@@ -72,7 +72,7 @@ def make_step(m: str, x, W, b, y):
     try:
         from bigsoftmax.ops.lse import default_chunk_size
     except ImportError:  # the layout before bigsoftmax.ops (runs the same script on old checkouts)
-        from bigsoftmax._full import default_chunk_size
+        from bigsoftmax.ops.lse import default_chunk_size
 
     N, d = x.shape
     V = W.shape[0]

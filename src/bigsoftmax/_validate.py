@@ -110,12 +110,13 @@ def check_chunk_size(chunk_size, name: str = "chunk_size") -> Optional[int]:
     return chunk_size
 
 
-def check_float_tensor(t, name: str, shape_msg: str) -> Tensor:
-    """``t`` must be a floating-point ``torch.Tensor`` (``shape_msg`` describes the expected shape)."""
+def check_float_tensor(t, name: str, shape_msg: str = "") -> Tensor:
+    """``t`` must be a floating-point ``torch.Tensor`` (``shape_msg``, if given, describes the expected shape)."""
+    shape_msg = f" {shape_msg}" if shape_msg else ""
     if not isinstance(t, Tensor):
-        raise TypeError(f"{name} must be a torch.Tensor {shape_msg}, got {type(t).__name__}")
+        raise TypeError(f"{name} must be a torch.Tensor{shape_msg}, got {type(t).__name__}")
     if not t.dtype.is_floating_point:
-        raise TypeError(f"{name} must be a floating-point tensor {shape_msg}, got dtype {t.dtype}")
+        raise TypeError(f"{name} must be a floating-point tensor{shape_msg}, got dtype {t.dtype}")
     return t
 
 
@@ -421,10 +422,7 @@ def check_unit(name: str, value) -> float:
 
 def check_float_matrix(x, name: str) -> None:
     """``x`` must be a 2-D floating-point tensor."""
-    if not isinstance(x, Tensor):
-        raise TypeError(f"{name} must be a torch.Tensor, got {type(x).__name__}")
-    if not x.dtype.is_floating_point:
-        raise TypeError(f"{name} must be a floating-point tensor, got dtype {x.dtype}")
+    check_float_tensor(x, name)
     check_not_meta(**{name: x})
     if x.dim() != 2:
         raise ValueError(f"{name} must be 2-D, got shape {tuple(x.shape)}")

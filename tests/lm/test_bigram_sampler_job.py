@@ -12,16 +12,7 @@ from bigsoftmax import cli
 from bigsoftmax import samplers as S
 from bigsoftmax.lm.registry import HeadOptions, build_head
 
-TINY = ["--corpus", "gutenberg", "--max-lines", "3000", "--max-vocab", "500", "--block-lines", "50"]
-MODEL = ["--d-model", "32", "--batch-size", "16", "--seq-len", "16", "--lr", "0.02", "--eval-tokens", "3000", "-q"]
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _cache(tmp_path_factory):
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("BIGSOFTMAX_CACHE", str(tmp_path_factory.mktemp("cache")))
-        mp.delenv("BIGSOFTMAX_DATA", raising=False)
-        yield
+from .conftest import MODEL, TINY
 
 
 @pytest.mark.parametrize("name", ["sampled", "nce"])

@@ -21,14 +21,6 @@ MODEL = ["--d-model", "16", "--batch-size", "4", "--seq-len", "8", "--lr", "0.02
 WORDS = [f"w{i}" for i in range(40)]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _cache(tmp_path_factory):
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("BIGSOFTMAX_CACHE", str(tmp_path_factory.mktemp("cache")))
-        mp.delenv("BIGSOFTMAX_DATA", raising=False)
-        yield
-
-
 def write_corpus(path: Path, seed: int, lines: int = 300) -> Path:
     rng = random.Random(seed)
     text = "\n".join(" ".join(rng.choice(WORDS[: 10 + (k % 30)]) for _ in range(rng.randint(4, 12)))

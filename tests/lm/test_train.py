@@ -8,13 +8,6 @@ import torch
 from bigsoftmax.lm.train import CHECKPOINT, TrainConfig, Trainer, save_atomic, train
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _cache(tmp_path_factory):
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("BIGSOFTMAX_CACHE", str(tmp_path_factory.mktemp("cache")))
-        yield
-
-
 def tiny(**kw):
     base = dict(corpus="gutenberg", max_lines=1500, head="sampled", num_sampled=64, d_model=16, batch_size=4,
                 seq_len=8, lr=1e-2, dropout=0.1, max_tokens=8 * 32, eval_tokens=200, progress=False, seed=3)

@@ -34,7 +34,8 @@ import torch
 from torch import Tensor, nn
 
 from .._docs import fill_doc
-from .._validate import check_ignore_index, check_module_not_meta, check_not_meta, check_reduction, check_target
+from .._validate import (check_float_tensor, check_ignore_index, check_module_not_meta, check_not_meta,
+                         check_reduction, check_target)
 from ..ops.lse import linear_logsumexp
 from ..ops.reduce import reduce_loss
 
@@ -127,10 +128,7 @@ class Head(nn.Module):
 
     def _flat_hidden(self, hidden: Tensor) -> Tensor:
         """Check ``hidden [..., d]``, flatten it to ``[N, d]`` and cast it to :meth:`param_dtype`."""
-        if not isinstance(hidden, Tensor):
-            raise TypeError(f"hidden must be a torch.Tensor, got {type(hidden).__name__}")
-        if not hidden.dtype.is_floating_point:
-            raise TypeError(f"hidden must be a floating-point tensor, got dtype {hidden.dtype}")
+        check_float_tensor(hidden, "hidden")
         check_not_meta(hidden=hidden)  # issue 14 item 13: meta tensors hold no values
         check_module_not_meta(self, type(self).__name__)
         if hidden.dim() < 1 or hidden.shape[-1] != self.in_features:

@@ -203,7 +203,7 @@ def _worker(argv: List[str]) -> int:
     from .config import TrainConfig
     from .train import Trainer
 
-    p = argparse.ArgumentParser(prog="python -m bigsoftmax.bench --worker")
+    p = argparse.ArgumentParser(prog="python -m bigsoftmax.lm.bench --worker")
     p.add_argument("--worker", required=True)
     p.add_argument("run_dir")
     p.add_argument("--threads", type=int, default=None)

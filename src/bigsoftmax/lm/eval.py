@@ -30,7 +30,7 @@ def evaluate(model: nn.Module, stream: np.ndarray, batch_size: int = 16, seq_len
     """Exact NLL / perplexity (and top-k accuracy) of ``model`` on an id ``stream``.
 
     Args:
-        model: a :class:`bigsoftmax.models.LanguageModel` (``model(x, state) -> (hidden, state)``,
+        model: a :class:`bigsoftmax.lm.models.LanguageModel` (``model(x, state) -> (hidden, state)``,
             ``model.head`` a Head).
         stream: [n] int ids.
         batch_size, seq_len: lanes and segment length of the evaluation pass.

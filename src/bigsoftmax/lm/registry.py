@@ -1,11 +1,11 @@
 """Head registry: a name -> constructor table used by the CLI and the benchmarks.
 
 Every entry builds a head from ``(in_features, counts, opts)``: ``counts`` are the frequency-sorted
-training counts ([V] int, id 0 most frequent — the vocabulary of :mod:`bigsoftmax.data`), ``opts``
+training counts ([V] int, id 0 most frequent — the vocabulary of :mod:`bigsoftmax.lm.data`), ``opts``
 a :class:`HeadOptions`. Heads are looked up lazily by class name in :mod:`bigsoftmax.heads`, so a
 method whose module is not installed yet is listed as unavailable instead of breaking the import::
 
-    >>> from bigsoftmax.registry import build_head, available_heads
+    >>> from bigsoftmax.lm.registry import build_head, available_heads
     >>> head = build_head("sampled", 256, corpus.counts, HeadOptions(num_sampled=2048, sparse=True))
 
 Names: ``full``, ``sampled``, ``nce``, ``logistic``, ``negsampling``, ``hierarchical``, ``class``,

@@ -426,8 +426,11 @@ def softmax_ce(parts: SampledParts) -> Tensor:
 
         >>> W, x, y = torch.randn(100, 8), torch.randn(4, 8), torch.tensor([[1], [2], [3], [4]])
         >>> sv = (torch.tensor([5, 6, 7]), torch.full((4, 1), 0.03), torch.full((3,), 0.03))
-        >>> sampled_softmax_from_parts(sampled_logits_parts(W, None, y, x, sv)).shape
-        torch.Size([4])
+        >>> parts = sampled_logits_parts(W, None, y, x, sv)
+        >>> loss = sampled_softmax_from_parts(parts)  # [4]: −log_softmax over [true | sampled], true column
+        >>> z = torch.cat([parts.true_logits, parts.sampled_logits], dim=1)
+        >>> torch.allclose(loss, -z.log_softmax(dim=1)[:, 0])
+        True
     """
     acc = torch.promote_types(parts.true_logits.dtype, torch.float32)
     zt = parts.true_logits.to(acc)
@@ -453,10 +456,12 @@ def sigmoid_ce(parts: SampledParts) -> Tensor:
 
     Examples::
 
-        >>> W, x, y = torch.randn(100, 8), torch.randn(4, 8), torch.tensor([[1], [2], [3], [4]])
-        >>> sv = (torch.tensor([5, 6, 7]), torch.full((4, 1), 0.03), torch.full((3,), 0.03))
-        >>> sigmoid_loss_from_parts(sampled_logits_parts(W, None, y, x, sv)).shape
-        torch.Size([4])
+        >>> W, x, y = torch.randn(10, 4), torch.randn(2, 4), torch.tensor([3, 5])
+        >>> sv = (torch.tensor([3, 8]), torch.ones(2, 1), torch.ones(2))  # candidate 3 is row 0's class
+        >>> hit = sampled_logits_parts(W, None, y, x, sv, remove_accidental_hits=True)
+        >>> clean = sampled_logits_parts(W, None, y[:1], x[:1], (sv[0][1:], sv[1][:1], sv[2][1:]))
+        >>> torch.allclose(sigmoid_loss_from_parts(hit)[0], sigmoid_loss_from_parts(clean)[0])  # the hit adds 0
+        True
     """
     T = parts.true_logits.shape[1]
     acc = torch.promote_types(parts.true_logits.dtype, torch.float32)

@@ -10,14 +10,6 @@ from bigsoftmax.lm.data import load_corpus, split_assignment, unigram_perplexity
 from bigsoftmax.lm.data.recipes import bundled_corpus_path
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _cache(tmp_path_factory):
-    with pytest.MonkeyPatch.context() as mp:  # one private cache for the module (never ~/.cache)
-        mp.setenv("BIGSOFTMAX_CACHE", str(tmp_path_factory.mktemp("cache")))
-        mp.delenv("BIGSOFTMAX_DATA", raising=False)
-        yield
-
-
 @pytest.fixture(scope="module")
 def slice_text():
     with lzma.open(bundled_corpus_path("gutenberg"), "rt", encoding="utf-8", errors="replace") as f:

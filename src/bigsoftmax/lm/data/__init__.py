@@ -1,6 +1,6 @@
 """Data: text corpora -> frequency-sorted vocabulary -> encoded, split, cached id streams -> LM batches.
 
->>> from bigsoftmax.data import load_corpus, batchify, iter_batches
+>>> from bigsoftmax.lm.data import load_corpus, batchify, iter_batches
 >>> corpus = load_corpus("gutenberg")          # bundled, cached after the first run
 >>> lanes = batchify(corpus.train, batch_size=32)
 >>> for k, x, y in iter_batches(lanes, seq_len=35): ...

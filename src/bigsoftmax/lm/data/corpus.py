@@ -7,7 +7,7 @@ The assignment is deterministic (no RNG state, identical on every platform), spr
 evenly through the corpus (every book contributes) and keeps text contiguous inside a block.
 
 The vocabulary is built on the training split only (frequency-sorted ids, see
-:class:`~bigsoftmax.data.text.Vocab`); valid/test types unseen in training map to ``<unk>``.
+:class:`~bigsoftmax.lm.data.text.Vocab`); valid/test types unseen in training map to ``<unk>``.
 
 Cache: ``<cache_dir>/corpora/<stem>-<key>/`` holds ``train.npy``, ``valid.npy``, ``test.npy`` (int32),
 ``vocab.json`` and ``meta.json``; the key hashes the file identity (resolved path, size, mtime) and
@@ -194,7 +194,7 @@ def load_corpus(
 
     Args:
         source: ``'gutenberg'`` (bundled), ``'brown'``, ``'gcide'`` or a path to a .txt/.gz/.xz file.
-        lowercase, pattern: tokeniser options (see :class:`~bigsoftmax.data.text.Tokenizer`).
+        lowercase, pattern: tokeniser options (see :class:`~bigsoftmax.lm.data.text.Tokenizer`).
         min_count, max_size: vocabulary cut-offs; cut types become ``<unk>``.
         valid_frac, test_frac, block_lines, split_seed: the deterministic block split.
         max_lines: use only the first ``max_lines`` lines (quick experiments).

@@ -522,7 +522,7 @@ def test_all_candidate_sampler():
 # TF parity (golden draws made by TensorFlow 2.21)
 # --------------------------------------------------------------------------------------------
 def _fixture_dir():
-    here = Path(__file__).resolve().parents[1]
+    here = Path(__file__).resolve().parents[2]  # the repository root
     for d in (os.environ.get("BIGSOFTMAX_TF_FIXTURES"), here.parent / "shared" / "fixtures" / "tf",
               here / "tests" / "fixtures" / "tf", Path("/work/shared/fixtures/tf")):
         if d and Path(d).is_dir() and any(Path(d).glob("*.npz")):
