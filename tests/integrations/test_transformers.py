@@ -340,3 +340,29 @@ def test_docstring_examples_run(obj):
     ns = dict(vars(bst), torch=torch, bigsoftmax=bigsoftmax)
     torch.manual_seed(0)
     exec(compile(code, f"<{obj.__qualname__} Examples>", "exec"), ns)
+
+
+def test_trainer_passes_num_items_counted_over_shifted_labels(tmp_path):
+    pytest.importorskip("accelerate", reason="transformers' Trainer needs accelerate")
+    from transformers import Trainer, TrainingArguments, default_data_collator
+
+    model = bst.replace_lm_head(gpt2(), heads.SampledSoftmax(D, V, num_sampled=40, seed=0))
+    seen = []
+    loss = model.loss_function
+
+    def recording(*args, **kwargs):
+        seen.append(kwargs.get("num_items_in_batch"))
+        return loss(*args, **kwargs)
+
+    model.loss_function = recording
+    x, labels = batch(b=4, t=10)
+    data = [{"input_ids": x[i], "labels": labels[i]} for i in range(4)]
+    args = TrainingArguments(output_dir=str(tmp_path), max_steps=1, per_device_train_batch_size=2,
+                             gradient_accumulation_steps=2, report_to=[], use_cpu=True, save_strategy="no",
+                             disable_tqdm=True)
+    trainer = Trainer(model=model, args=args, train_dataset=data, data_collator=default_data_collator)
+    before = model.transformer.wte.weight.detach().clone()
+    trainer.train()
+    expect = int((labels[:, 1:] != -100).sum())  # the tokens the shifted loss predicts, over both micro-batches
+    assert [int(n) for n in seen] == [expect, expect]
+    assert not torch.equal(before, model.transformer.wte.weight)

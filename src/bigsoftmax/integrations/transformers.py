@@ -17,6 +17,9 @@ for a :class:`BigSoftmaxLMHead` adapter around the head. What is hooked, and how
   the ``[N, V]`` log-probabilities and returns a zero-width ``[..., 0]`` placeholder as
   ``outputs.logits`` (``logits_in_training=True`` returns the exact log-probabilities there too).
   Calls without labels (``generate()``, inference) always get the exact log-probabilities.
+* ``model.loss_type`` is set to ``"ForCausalLM"`` (the loss shifts labels), so the ``Trainer`` counts
+  ``num_items_in_batch`` over ``labels[..., 1:]`` for every model class (transformers derives it
+  from the class name, which gives ``None`` for ``GPT2LMHeadModel``).
 * weight tying: ``model._tied_weights_keys`` / ``all_tied_weights_keys`` point at the head's class
   matrix (``lm_head.head.weight``, its state-dict key) and ``config.tie_word_embeddings``
   says whether it is tied, so ``tie_weights()``, ``save_pretrained`` and ``from_pretrained`` keep
@@ -319,6 +322,9 @@ def replace_lm_head(model: nn.Module, head: nn.Module, *, tie: Optional[bool] = 
     if hasattr(model, "get_expanded_tied_weights_keys"):
         model.all_tied_weights_keys = model.get_expanded_tied_weights_keys(all_submodels=True)
     model.loss_function = adapter.loss
+    # the loss shifts labels: declare it, so the Trainer counts num_items_in_batch over labels[..., 1:]
+    # (transformers derives loss_type from the class name: None for GPT2LMHeadModel, which over-counts by a row)
+    model.loss_type = "ForCausalLM"
     if not getattr(model, "_bigsoftmax_hooked", False):
         model.register_forward_pre_hook(_pre_forward, with_kwargs=True)
         model.register_forward_hook(_post_forward, with_kwargs=True, always_call=True)
