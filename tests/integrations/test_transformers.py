@@ -298,6 +298,12 @@ def test_deepcopy_keeps_the_hooks_working_on_the_copy():
     x, labels = batch()
     assert twin.train()(x, labels=labels).logits.shape[-1] == 0
     assert twin(x).logits.shape[-1] == V
+    # replacing again swaps the head (still tied), without a second pair of hooks
+    bst.replace_lm_head(twin, heads.FullSoftmax(D, V))
+    assert isinstance(twin.lm_head.head, heads.FullSoftmax) and twin.lm_head.head.weight is twin.transformer.wte.weight
+    assert len(twin._forward_pre_hooks) == 1 and len(twin._forward_hooks) == 1
+    assert twin.loss_function.__self__ is twin.lm_head
+    assert twin.train()(x, labels=labels).logits.shape[-1] == 0
 
 
 def test_bad_input_is_named():
