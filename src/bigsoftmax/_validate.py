@@ -52,6 +52,8 @@ __all__ = [
     "check_log_q",
     "check_num_hard_negatives",
     "check_temperature",
+    "check_lm_head_fit",
+    "check_causal_lm",
 ]
 
 #: the reductions of ``nn.CrossEntropyLoss``
@@ -475,3 +477,40 @@ def check_temperature(temperature) -> None:
         raise TypeError(f"temperature must be a positive float or a one-element tensor, got {type(temperature).__name__}")
     if not (math.isfinite(t) and t > 0.0):
         raise ValueError(f"temperature must be a finite number > 0, got {t}")
+
+
+# ---------------------------------------------------------------- integrations (integrations/transformers.py)
+
+
+def check_causal_lm(model) -> None:
+    """TypeError unless ``model`` is an ``nn.Module`` with an output layer (``get_output_embeddings()`` /
+    ``lm_head``) whose ``lm_head`` attribute can be replaced."""
+    if not isinstance(model, torch.nn.Module):
+        raise TypeError(f"model must be a transformers causal LM (an nn.Module), got {type(model).__name__}")
+    get = getattr(model, "get_output_embeddings", None)
+    out = get() if callable(get) else None
+    if out is None or getattr(model, "lm_head", None) is None or out is not model.lm_head:
+        raise ValueError(
+            f"model ({type(model).__name__}) must be a causal LM whose output layer is its `lm_head` attribute "
+            f"(get_output_embeddings() returned {type(out).__name__ if out is not None else None}, "
+            f"lm_head is {type(getattr(model, 'lm_head', None)).__name__})"
+        )
+
+
+def check_lm_head_fit(head, hidden_size: int, vocab_size: int, ignore_index: int = -100) -> None:
+    """The head must map the model's hidden size to its vocabulary: ValueError naming both sizes
+    (and ``ignore_index`` must be transformers' label ignore value, ``reduction`` its ``'mean'``)."""
+    in_features = getattr(head, "in_features", None)
+    num_classes = getattr(head, "num_classes", None)
+    if in_features != hidden_size:
+        raise ValueError(f"head.in_features={in_features} must equal the model's hidden size {hidden_size} "
+                         f"(the input size of its lm_head)")
+    if num_classes != vocab_size:
+        raise ValueError(f"head.num_classes={num_classes} must equal the model's vocabulary size {vocab_size} "
+                         f"(the output size of its lm_head / config.vocab_size)")
+    if getattr(head, "ignore_index", None) != ignore_index:
+        raise ValueError(f"head.ignore_index={getattr(head, 'ignore_index', None)} must be {ignore_index}, "
+                         f"the label value transformers ignores")
+    if getattr(head, "reduction", None) != "mean":
+        raise ValueError(f"head.reduction={getattr(head, 'reduction', None)!r} must be 'mean' (transformers' loss "
+                         f"is the mean over predicted tokens; num_items_in_batch is handled by the adapter)")
