@@ -477,3 +477,58 @@ def check_temperature(temperature) -> None:
         raise TypeError(f"temperature must be a positive float or a one-element tensor, got {type(temperature).__name__}")
     if not (math.isfinite(t) and t > 0.0):
         raise ValueError(f"temperature must be a finite number > 0, got {t}")
+
+
+# ---------------------------------------------------------------- training helpers (optim, vocab)
+
+
+def check_optimizers(optimizers) -> list:
+    """``CombinedOptimizer``'s parts: an iterable of ``torch.optim.Optimizer`` (None entries dropped), at
+    least one, no parameter in two parts; returns the list."""
+    if isinstance(optimizers, torch.optim.Optimizer) or not hasattr(optimizers, "__iter__"):
+        raise TypeError(f"optimizers must be an iterable of torch.optim.Optimizer, got {type(optimizers).__name__}")
+    out = [o for o in optimizers if o is not None]
+    if not out:
+        raise ValueError("optimizers must contain at least one optimizer")
+    seen = {}
+    for i, o in enumerate(out):
+        if not isinstance(o, torch.optim.Optimizer):
+            raise TypeError(f"optimizers[{i}] must be a torch.optim.Optimizer, got {type(o).__name__}")
+        for g in o.param_groups:
+            for p in g["params"]:
+                if id(p) in seen and seen[id(p)] != i:
+                    raise ValueError(f"a parameter of shape {tuple(p.shape)} is in optimizers[{seen[id(p)]}] and "
+                                     f"optimizers[{i}]: each parameter must belong to one part")
+                seen[id(p)] = i
+    return out
+
+
+def check_norm_type(norm_type) -> float:
+    """A gradient-norm order: a real number >= 0 or ``inf`` (``float('inf')`` / ``'inf'``); returns a float."""
+    if isinstance(norm_type, str) and norm_type.lower() == "inf":
+        return math.inf
+    if isinstance(norm_type, bool) or not isinstance(norm_type, numbers.Real):
+        raise TypeError(f"norm_type must be a real number >= 0 or inf, got {type(norm_type).__name__}")
+    v = float(norm_type)
+    if math.isnan(v) or v < 0 or v == -math.inf:
+        raise ValueError(f"norm_type must be a real number >= 0 or inf, got {norm_type!r}")
+    return v
+
+
+def check_max_norm(max_norm) -> float:
+    """``clip_grad_norm_``'s ``max_norm``: a real number >= 0 (``inf`` allowed: no clipping); returns a float."""
+    if isinstance(max_norm, Tensor) and max_norm.numel() == 1:
+        max_norm = float(max_norm)
+    if isinstance(max_norm, bool) or not isinstance(max_norm, numbers.Real):
+        raise TypeError(f"max_norm must be a real number >= 0, got {type(max_norm).__name__}")
+    v = float(max_norm)
+    if math.isnan(v) or v < 0:
+        raise ValueError(f"max_norm must be a real number >= 0 (inf: no clipping), got {max_norm!r}")
+    return v
+
+
+def check_on_tie(value, name: str = "on_sparse_tie") -> str:
+    """What to do about a parameter shared by a sparse and a dense module: ``'warn'``, ``'raise'`` or ``'ignore'``."""
+    if value not in ("warn", "raise", "ignore"):
+        raise ValueError(f"{name} must be one of ('warn', 'raise', 'ignore'), got {value!r}")
+    return value
