@@ -304,7 +304,7 @@ def make_optimizer(
 
 def _grad_norm(g: Tensor, norm_type: float) -> Tensor:
     if g.is_sparse:
-        g = g.coalesce()._values()  # duplicates summed first: the norm of the gradient, not of its entries
+        g = g.coalesce().values()  # duplicates summed first: the norm of the gradient, not of its entries
     return torch.linalg.vector_norm(g, norm_type)
 
 
