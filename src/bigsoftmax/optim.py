@@ -8,15 +8,18 @@ badly with them, so the usual recipe is two optimisers: a dense one for the body
 
     opt = bigsoftmax.optim.make_optimizer(model, lr=1e-3)          # Adam + SparseAdam
     loss.backward(); opt.step(); opt.zero_grad()
+
+:class:`CombinedOptimizer` is a real ``torch.optim.Optimizer`` (schedulers, ``state_dict``, Lightning),
+:func:`clip_grad_norm_` clips mixed sparse/dense gradients, :func:`find_sparse_ties` finds a sparse head
+tied to a dense embedding (whose gradient is then dense). See docs/training.md.
 """
 
 from __future__ import annotations
 
-from collections import OrderedDict
-from typing import Dict, Iterable, List, Tuple
-
 import math
 import warnings
+from collections import OrderedDict
+from typing import Dict, Iterable, List, Tuple
 
 import torch
 from torch import Tensor, nn
