@@ -1,7 +1,8 @@
 """bigsoftmax: fast softmax output layers for huge output spaces, with exact evaluation.
 
 The library core: :mod:`~bigsoftmax.functional` (the stateless, TF-named API), :mod:`~bigsoftmax.samplers`,
-:mod:`~bigsoftmax.trees`, :mod:`~bigsoftmax.heads`, :mod:`~bigsoftmax.retrieval`, :mod:`~bigsoftmax.optim`.
+:mod:`~bigsoftmax.trees`, :mod:`~bigsoftmax.heads`, :mod:`~bigsoftmax.retrieval`, :mod:`~bigsoftmax.optim`,
+:mod:`~bigsoftmax.vocab` (your own tokenizer: frequency order, count smoothing).
 The jobs built on it: :mod:`bigsoftmax.lm` (language models) and :mod:`bigsoftmax.recsys` (retrieval).
 """
 
@@ -11,6 +12,7 @@ from . import _compat  # noqa: E402
 
 _compat.install()
 
-from . import functional, heads, optim, samplers  # noqa: E402,F401
+from . import functional, heads, optim, samplers, vocab  # noqa: E402,F401
+from .vocab import FrequencyOrder, smooth_counts  # noqa: E402,F401
 
-__all__ = ["functional", "heads", "optim", "samplers", "__version__"]
+__all__ = ["functional", "heads", "optim", "samplers", "vocab", "FrequencyOrder", "smooth_counts", "__version__"]

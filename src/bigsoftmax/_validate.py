@@ -286,14 +286,15 @@ def check_counts(counts, num_classes: Optional[int] = None, name: str = "counts"
         raise ValueError(f"{name} must be finite")
     bad = np.nonzero(arr <= 0)[0]
     if bad.size:
-        raise ValueError(f"{name} must be positive, got {arr[bad[0]]!r} at class id {int(bad[0])}")
+        raise ValueError(f"{name} must be positive, got {float(arr[bad[0]]):g} at class id {int(bad[0])}")
     inc = np.nonzero(np.diff(arr) > 0)[0]
     if inc.size:
         i = int(inc[0])
         raise ValueError(
             f"{name} must be non-increasing: class ids are assumed frequency-sorted (0 = most frequent), "
-            f"but counts[{i}]={arr[i]!r} < counts[{i + 1}]={arr[i + 1]!r}; sort your vocabulary by "
-            "frequency first (bigsoftmax.lm.data does)"
+            f"but {name}[{i}]={float(arr[i]):g} < {name}[{i + 1}]={float(arr[i + 1]):g}; sort your vocabulary by "
+            "frequency first (bigsoftmax.vocab.FrequencyOrder.from_counts(counts) gives the permutation and "
+            "encodes the ids; bigsoftmax.lm.data sorts its own)"
         )
     return arr
 
@@ -514,3 +515,132 @@ def check_lm_head_fit(head, hidden_size: int, vocab_size: int, ignore_index: int
     if getattr(head, "reduction", None) != "mean":
         raise ValueError(f"head.reduction={getattr(head, 'reduction', None)!r} must be 'mean' (transformers' loss "
                          f"is the mean over predicted tokens; num_items_in_batch is handled by the adapter)")
+
+
+# ---------------------------------------------------------------- training helpers (optim, vocab)
+
+
+def check_optimizers(optimizers) -> list:
+    """``CombinedOptimizer``'s parts: an iterable of ``torch.optim.Optimizer`` (None entries dropped), at
+    least one, no parameter in two parts; returns the list."""
+    if isinstance(optimizers, torch.optim.Optimizer) or not hasattr(optimizers, "__iter__"):
+        raise TypeError(f"optimizers must be an iterable of torch.optim.Optimizer, got {type(optimizers).__name__}")
+    out = [o for o in optimizers if o is not None]
+    if not out:
+        raise ValueError("optimizers must contain at least one optimizer")
+    seen = {}
+    for i, o in enumerate(out):
+        if not isinstance(o, torch.optim.Optimizer):
+            raise TypeError(f"optimizers[{i}] must be a torch.optim.Optimizer, got {type(o).__name__}")
+        for g in o.param_groups:
+            for p in g["params"]:
+                if id(p) in seen and seen[id(p)] != i:
+                    raise ValueError(f"a parameter of shape {tuple(p.shape)} is in optimizers[{seen[id(p)]}] and "
+                                     f"optimizers[{i}]: each parameter must belong to one part")
+                seen[id(p)] = i
+    return out
+
+
+def check_norm_type(norm_type) -> float:
+    """A gradient-norm order: a real number >= 0 or ``inf`` (``float('inf')`` / ``'inf'``); returns a float."""
+    if isinstance(norm_type, str) and norm_type.lower() == "inf":
+        return math.inf
+    if isinstance(norm_type, bool) or not isinstance(norm_type, numbers.Real):
+        raise TypeError(f"norm_type must be a real number >= 0 or inf, got {type(norm_type).__name__}")
+    v = float(norm_type)
+    if math.isnan(v) or v < 0 or v == -math.inf:
+        raise ValueError(f"norm_type must be a real number >= 0 or inf, got {norm_type!r}")
+    return v
+
+
+def check_max_norm(max_norm) -> float:
+    """``clip_grad_norm_``'s ``max_norm``: a real number >= 0 (``inf`` allowed: no clipping); returns a float."""
+    if isinstance(max_norm, Tensor) and max_norm.numel() == 1:
+        max_norm = float(max_norm)
+    if isinstance(max_norm, bool) or not isinstance(max_norm, numbers.Real):
+        raise TypeError(f"max_norm must be a real number >= 0, got {type(max_norm).__name__}")
+    v = float(max_norm)
+    if math.isnan(v) or v < 0:
+        raise ValueError(f"max_norm must be a real number >= 0 (inf: no clipping), got {max_norm!r}")
+    return v
+
+
+def check_on_tie(value, name: str = "on_sparse_tie") -> str:
+    """What to do about a parameter shared by a sparse and a dense module: ``'warn'``, ``'raise'`` or ``'ignore'``."""
+    if value not in ("warn", "raise", "ignore"):
+        raise ValueError(f"{name} must be one of ('warn', 'raise', 'ignore'), got {value!r}")
+    return value
+
+
+def check_class_counts(counts, name: str = "counts") -> Tensor:
+    """Raw class counts (any order, zeros allowed): a 1-D real sequence/tensor of >= 2 finite values >= 0,
+    not all zero; returns a float64 CPU tensor."""
+    if isinstance(counts, (str, bytes)):
+        raise TypeError(f"{name} must be a 1-D sequence/tensor of class counts, got {type(counts).__name__}")
+    if isinstance(counts, Tensor) and (counts.dtype == torch.bool or counts.dtype.is_complex):
+        raise TypeError(f"{name} must hold real numbers, got dtype {counts.dtype}")
+    try:
+        c = torch.as_tensor(counts).detach().cpu()
+        if not isinstance(counts, Tensor) and c.dtype.is_floating_point:
+            c = torch.as_tensor(counts, dtype=torch.float64)  # Python floats: no round trip through float32
+    except (TypeError, ValueError, RuntimeError):
+        raise TypeError(f"{name} must be a 1-D sequence/tensor of class counts") from None
+    if c.dtype == torch.bool or c.dtype.is_complex:
+        raise TypeError(f"{name} must hold real numbers, got dtype {c.dtype}")
+    c = c.to(torch.float64)
+    if c.dim() != 1:
+        raise ValueError(f"{name} must be 1-D (one count per class), got shape {tuple(c.shape)}")
+    if c.numel() < 2:
+        raise ValueError(f"{name} must cover at least 2 classes, got {c.numel()}")
+    if not bool(torch.isfinite(c).all()):
+        i = int((~torch.isfinite(c)).nonzero()[0])
+        raise ValueError(f"{name} must be finite, got {name}[{i}] = {float(c[i])}")
+    if bool((c < 0).any()):
+        i = int((c < 0).nonzero()[0])
+        raise ValueError(f"{name} must be >= 0, got {name}[{i}] = {float(c[i]):g}")
+    if not bool((c > 0).any()):
+        raise ValueError(f"{name} must have at least one positive entry, got all zeros")
+    return c
+
+
+def check_permutation(order, name: str = "order") -> Tensor:
+    """A permutation of ``0..V-1`` (V >= 1) as a 1-D integer tensor; returns it as int64."""
+    if not isinstance(order, Tensor):
+        try:
+            order = torch.as_tensor(order)
+        except (TypeError, ValueError, RuntimeError):
+            raise TypeError(f"{name} must be a 1-D integer tensor (a permutation of 0..V-1)") from None
+    if order.dtype.is_floating_point or order.dtype.is_complex or order.dtype == torch.bool:
+        raise TypeError(f"{name} must be an integer tensor (a permutation of 0..V-1), got dtype {order.dtype}")
+    if order.dim() != 1 or order.numel() == 0:
+        raise ValueError(f"{name} must be a non-empty 1-D permutation of 0..V-1, got shape {tuple(order.shape)}")
+    order = order.detach().cpu().long()
+    V = order.numel()
+    if not torch.equal(torch.sort(order).values, torch.arange(V)):
+        raise ValueError(f"{name} must be a permutation of 0..{V - 1} (every id exactly once)")
+    return order
+
+
+def check_smoothing(mode, k) -> Optional[float]:
+    """``smooth_counts``' ``mode`` (``'add'`` or ``'floor'``) and ``k`` (None or a finite real > 0)."""
+    if mode not in ("add", "floor"):
+        raise ValueError(f"mode must be 'add' or 'floor', got {mode!r}")
+    if k is None:
+        return None
+    return check_real("k", k, 0.0, lo_open=True)
+
+
+def check_nonzero_proposal(counts, distortion: float, head: str, name: str = "counts") -> None:
+    """A head whose proposal / noise is ``counts ** distortion`` cannot score a target class of count 0
+    (Q(y) = 0, log Q = -inf): refuse zero counts with the number and the first ids of such classes."""
+    c = torch.as_tensor(counts, dtype=torch.float64).detach().cpu().reshape(-1)
+    if distortion == 0.0:
+        return  # 0 ** 0 = 1: uniform noise, every class can be drawn
+    zero = (c == 0).nonzero().reshape(-1)
+    if zero.numel():
+        ids = zero[:8].tolist()
+        more = f" and {zero.numel() - 8} more" if zero.numel() > 8 else ""
+        raise ValueError(
+            f"{head}: {name} has {zero.numel()} zero entries (class ids {ids}{more}): the noise distribution "
+            f"would give them probability 0, and a target of such a class has log Q = -inf. Smooth the counts "
+            f"first, e.g. {name}=bigsoftmax.vocab.smooth_counts({name}) (add-1)")

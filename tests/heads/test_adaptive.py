@@ -9,6 +9,7 @@ import torch.nn.functional as F
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+import bigsoftmax
 from bigsoftmax.heads import AdaptiveSoftmax, choose_cutoffs
 from bigsoftmax.heads import adaptive as A
 
@@ -426,7 +427,9 @@ def test_constructor_with_counts_chooses_cutoffs_and_validates():
     with pytest.raises(ValueError, match="length num_classes=3000"):
         AdaptiveSoftmax(64, 3000, counts=counts[:-1])
     bad = counts.copy()
-    bad[-1] = 0
+    bad[-1] = 0  # a trailing zero count is floored (bigsoftmax.vocab), not refused
+    assert AdaptiveSoftmax(64, 3000, counts=bad).cutoffs == choose_cutoffs(bigsoftmax.vocab.smooth_counts(bad, mode="floor"), 64)
+    bad[-1] = -1
     with pytest.raises(ValueError, match="must be positive"):
         AdaptiveSoftmax(64, 3000, counts=bad)
     bad[-1] = -3

@@ -305,7 +305,7 @@ def test_errors():
     with pytest.raises(ValueError, match="parameterization must be one of"):
         TreeSoftmax(D, trees.balanced(10, 2), parameterization="tanh")
     with pytest.raises(ValueError, match="positive"):
-        HierarchicalSoftmax(D, [3, 0, 2])
+        HierarchicalSoftmax(D, [3, -1, 2])  # zero counts are floored since bigsoftmax.vocab; negatives refused
     with pytest.raises(ValueError, match="arity"):
         HierarchicalSoftmax(D, [3, 1, 2], arity=1)
     with pytest.raises(ValueError, match="exactly one of counts"):

@@ -38,6 +38,7 @@ from torch import Tensor, nn
 from ..ops.lse import linear_logsumexp
 from .base import Head, chunked_topk
 from .._validate import check_counts, check_cutoffs, check_div_value as _check_div
+from ..vocab import _floor_zero_counts
 
 __all__ = [
     "AdaptiveSoftmax",
@@ -261,7 +262,9 @@ class AdaptiveSoftmax(Head):
             :func:`choose_cutoffs`.
         div_value: tail cluster j (1-based) projects to ``floor(d / div_value**j)`` dims.
         head_bias: bias on the head logits (shortlist + cluster logits), as in torch.
-        counts: [V] class counts (non-increasing); validated whenever given.
+        counts: [V] class counts (non-increasing: ids frequency-sorted, see
+            :class:`bigsoftmax.vocab.FrequencyOrder`); validated whenever given. Zero counts (necessarily at
+            the end) are floored to half the smallest positive count before choosing cutoffs.
         ignore_index, reduction: as ``nn.CrossEntropyLoss``.
         tie_weight: an ``nn.Embedding`` (or a Parameter) ``[V_in >= cutoffs[0], d]``: the head's
             shortlist rows become the view ``tie_weight[:cutoffs[0]]`` (shared, gradients flow).
@@ -306,6 +309,7 @@ class AdaptiveSoftmax(Head):
         super().__init__(in_features, num_classes, ignore_index=ignore_index, reduction=reduction)
         self.div_value = _check_div(div_value)
         if counts is not None:
+            counts = _floor_zero_counts(counts)  # zero counts: floored to half the smallest positive count
             check_counts(counts, num_classes)
         if cutoffs is None:
             if counts is None:

@@ -32,6 +32,7 @@ import torch
 from torch import Tensor, nn
 
 from ..ops import sampled as ops
+from .._validate import check_nonzero_proposal
 from .sampled import SamplingHead
 
 __all__ = ["NCE", "SampledLogistic", "NegativeSampling"]
@@ -48,6 +49,7 @@ def _resolve_sampler(sampler, counts, distortion: float, unique: bool, num_class
     n = len(counts) if not isinstance(counts, Tensor) else (counts.shape[0] if counts.dim() == 1 else -1)
     if n != num_classes:
         raise ValueError(f"{head}: counts must be 1-D with one entry per class (num_classes={num_classes}), got {n} entries")
+    check_nonzero_proposal(counts, distortion, head)
     return S.Unigram(counts, distortion=distortion, unique=unique)
 
 
@@ -62,7 +64,9 @@ class NCE(SamplingHead):
         remove_accidental_hits: default False (TF's ``nce_loss`` default).
         counts: optional [V] class counts; builds ``samplers.Unigram(counts, distortion, unique=True)``
             as the noise distribution (mutually exclusive with ``sampler``). Default noise without
-            either: ``LogUniform(V)`` (frequency-sorted ids).
+            either: ``LogUniform(V)`` (frequency-sorted ids). A zero count would give its class noise
+            probability 0 (log Q = -inf for such a target): refused with a ``ValueError`` naming how many
+            and which ids; smooth first (:func:`bigsoftmax.vocab.smooth_counts`).
         distortion: exponent applied to ``counts`` (default 1.0).
         bias_init: initial value of every bias entry. Default ``−log V`` for NCE / SampledLogistic
             (Mnih & Teh 2012 fix Z = 1, so the scores start at the uniform log-probability instead of

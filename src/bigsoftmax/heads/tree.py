@@ -56,6 +56,7 @@ from ..ops.tree import mask_value as _neg
 from ._init import init_class_rows
 from .base import Head
 from .rows import ClassRowsMixin
+from ..vocab import _floor_zero_counts
 
 __all__ = ["TreeSoftmax", "HierarchicalSoftmax", "ClassBasedSoftmax", "segment_log_softmax"]
 
@@ -464,7 +465,9 @@ class HierarchicalSoftmax(TreeSoftmax):
 
     Args:
         in_features: d.
-        counts: ``[V]`` class counts (> 0) the Huffman code is built from.
+        counts: ``[V]`` class counts (>= 0, any id order) the Huffman code is built from; zero counts (a
+            tokenizer's tokens absent from the data) are floored to half the smallest positive count
+            (:func:`bigsoftmax.vocab.smooth_counts` ``mode='floor'``), so unseen classes get the longest codes.
         arity: children per internal node (2: word2vec's sigmoid tree).
         **kw: ``bias``, ``parameterization``, ``sparse``, ``ignore_index``, ``reduction`` as
             :class:`TreeSoftmax`.
@@ -480,7 +483,7 @@ class HierarchicalSoftmax(TreeSoftmax):
     """
 
     def __init__(self, in_features: int, counts, arity: int = 2, **kw):
-        super().__init__(in_features, T.huffman(counts, arity), **kw)
+        super().__init__(in_features, T.huffman(_floor_zero_counts(counts), arity), **kw)
         self.arity = int(arity)
 
 
@@ -495,7 +498,8 @@ class ClassBasedSoftmax(TreeSoftmax):
 
     Args:
         in_features: d.
-        counts: ``[V]`` class counts (frequency binning), or None.
+        counts: ``[V]`` class counts (frequency binning; zeros floored to half the smallest positive count,
+            as :class:`HierarchicalSoftmax`), or None.
         cluster_of_class: ``[V]`` cluster id of every class (ids 0..C-1 all used), or None.
         num_clusters: C (default ``round(sqrt(V))`` with ``counts``; must agree with ``cluster_of_class``).
         binning: ``'sqrt'`` | ``'uniform'`` | ``'size'`` (with ``counts``).
@@ -521,7 +525,7 @@ class ClassBasedSoftmax(TreeSoftmax):
             if num_clusters is not None and num_clusters != C:
                 raise ValueError(f"num_clusters={num_clusters!r} disagrees with cluster_of_class, which uses {C} clusters")
         else:
-            assign = torch.as_tensor(T.cluster_assignment(counts, num_clusters, binning))
+            assign = torch.as_tensor(T.cluster_assignment(_floor_zero_counts(counts), num_clusters, binning))
             tree = T.from_assignment(assign)
         super().__init__(in_features, tree, **kw)
         self.num_clusters = int(tree.node_arity[0])
