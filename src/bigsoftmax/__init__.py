@@ -12,5 +12,7 @@ from . import _compat  # noqa: E402
 _compat.install()
 
 from . import functional, heads, optim, samplers  # noqa: E402,F401
+from ._validate import get_validation, set_validation, validation  # noqa: E402
 
-__all__ = ["functional", "heads", "optim", "samplers", "__version__"]
+__all__ = ["functional", "heads", "optim", "samplers", "set_validation", "get_validation", "validation",
+           "__version__"]

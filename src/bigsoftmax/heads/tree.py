@@ -47,6 +47,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 from .. import trees as T
+from ..ops._opaque import bound_handle, call_opaque
 from ..ops.tree import Part as _Part
 from ..ops.tree import PathLogProb as _PathLogProb
 from ..ops.tree import acc_dtype as _acc
@@ -272,13 +273,27 @@ class TreeSoftmax(ClassRowsMixin, Head):
 
     def _target_log_prob(self, h: Tensor, y: Tensor) -> Tensor:
         """log P(y | h) = sum over the path of the chosen child's log-softmax: [N, d], [N] -> [N]."""
+        if torch.compiler.is_compiling() and not self.sparse:
+            # the path kernel picks its parts from the data: one opaque op under torch.compile
+            return call_opaque(self._path_handle(), [h, self.weight, self.bias, y])[0]
+        return self._path_log_prob(h, self.weight, self.bias, y)
+
+    @torch.compiler.assume_constant_result
+    def _path_handle(self) -> int:
+        return bound_handle(self, "path_log_prob", lambda m: m._path_log_prob, lambda m: m._path_log_prob_fake)
+
+    def _path_log_prob(self, h: Tensor, weight: Tensor, bias: Optional[Tensor], y: Tensor) -> Tensor:
+        """The eager path kernel on the given parameters: [N, d], [R, d], [R] | None, [N] -> [N]."""
         slots, mask = T._path_slots(y, self.leaf_slot, self.leaf_depth, self.slot_node, self.node_parent_slot)
         rows, pos = mask.nonzero(as_tuple=True)  # (row, depth) pairs, row-major
         s = slots[rows, pos]
         nodes = self.slot_node[s]
         child = s - self.node_offset[nodes]
         valid = self.slot_valid if self._has_dummies else None
-        return _PathLogProb.apply(h, self.weight, self.bias, self._parts(rows, nodes), child, valid, self.sparse)
+        return _PathLogProb.apply(h, weight, bias, self._parts(rows, nodes), child, valid, self.sparse)
+
+    def _path_log_prob_fake(self, h: Tensor, weight: Tensor, bias: Optional[Tensor], y: Tensor) -> Tensor:
+        return h.new_empty(h.shape[0], dtype=_acc(torch.promote_types(h.dtype, weight.dtype)))
 
     # ------------------------------------------------------------- dense exact log-probabilities
     def _level_cond(self, h: Tensor, level: int) -> Tensor:
