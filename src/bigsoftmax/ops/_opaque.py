@@ -73,62 +73,64 @@ def _outs(outs) -> List[Tensor]:
     return list(outs) if isinstance(outs, (tuple, list)) else [outs]
 
 
+# Optional inputs travel as a List[Tensor] plus a ``present`` mask (an empty placeholder where None):
+# the autograd of a custom op sees gradients only through Tensor / Tensor[] arguments.
+def _unpack(inputs: List[Tensor], present: List[bool]) -> List[Optional[Tensor]]:
+    return [t if p else None for t, p in zip(inputs, present)]
+
+
 @torch.library.custom_op("bigsoftmax::opaque_forward", mutates_args=())
-def _opaque_forward(handle: int, inputs: List[Optional[Tensor]], needs: List[bool]) -> List[Tensor]:
+def _opaque_forward(handle: int, inputs: List[Tensor], present: List[bool], needs: List[bool]) -> List[Tensor]:
     fn = _FNS[handle][0]
     with torch.no_grad():
-        outs = _outs(fn(*inputs))
-    ins = [t for t in inputs if t is not None]
+        outs = _outs(fn(*_unpack(inputs, present)))
     # outputs of a custom op may not alias its inputs
-    return [o.clone() if any(o is t or (o._base is not None and o._base is t) for t in ins) else o for o in outs]
+    return [o.clone() if any(o is t or (o._base is not None and o._base is t) for t in inputs) else o for o in outs]
 
 
 @_opaque_forward.register_fake
-def _opaque_forward_fake(handle, inputs, needs):
-    return _outs(_FNS[handle][1](*inputs))
+def _opaque_forward_fake(handle, inputs, present, needs):
+    return _outs(_FNS[handle][1](*_unpack(inputs, present)))
 
 
 @torch.library.custom_op("bigsoftmax::opaque_backward", mutates_args=())
-def _opaque_backward(handle: int, inputs: List[Optional[Tensor]], needs: List[bool],
+def _opaque_backward(handle: int, inputs: List[Tensor], present: List[bool], needs: List[bool],
                      grads: List[Optional[Tensor]]) -> List[Tensor]:
     fn = _FNS[handle][0]
-    with torch.enable_grad():
-        xs = [None if t is None else t.detach().requires_grad_(bool(n)) for t, n in zip(inputs, needs)]
+    # a custom op runs below the autograd dispatch key; the recomputation needs autograd back on
+    exclude = torch._C._dispatch_tls_local_exclude_set().remove(torch._C.DispatchKey.AutogradFunctionality)
+    with torch._C._ForceDispatchKeyGuard(torch._C._dispatch_tls_local_include_set(), exclude), torch.enable_grad():
+        xs = [t.detach().requires_grad_(bool(n)) if p else None for t, p, n in zip(inputs, present, needs)]
         outs = _outs(fn(*xs))
-        wrt = [x for x, n in zip(xs, needs) if n and x is not None]
+        wrt = [x for x, n in zip(xs, needs) if n]
         pairs = [(o, g) for o, g in zip(outs, grads) if g is not None and o.requires_grad]
         got = iter(torch.autograd.grad([o for o, _ in pairs], wrt, [g for _, g in pairs], allow_unused=True)
                    if pairs and wrt else [None] * len(wrt))
     res = []
     for t, n in zip(inputs, needs):
-        if n and t is not None:
+        if n:
             g = next(got)
             res.append(torch.zeros_like(t) if g is None else g.to_dense() if g.is_sparse else g)
         else:
-            res.append(torch.empty(0, device=t.device if t is not None else "cpu"))
+            res.append(t.new_empty(0))
     return res
 
 
 @_opaque_backward.register_fake
-def _opaque_backward_fake(handle, inputs, needs, grads):
-    return [torch.empty_like(t) if n and t is not None else torch.empty(0, device=t.device if t is not None else "cpu")
-            for t, n in zip(inputs, needs)]
+def _opaque_backward_fake(handle, inputs, present, needs, grads):
+    return [torch.empty_like(t) if n else t.new_empty(0) for t, n in zip(inputs, needs)]
 
 
 def _setup_context(ctx, inputs, output):
-    handle, ins, needs = inputs
-    ctx.handle = handle
-    ctx.needs = list(needs)
-    ctx.num = len(ins)
-    ctx.present = [t is not None for t in ins]
-    ctx.save_for_backward(*[t for t in ins if t is not None])
+    handle, ins, present, needs = inputs
+    ctx.handle, ctx.present, ctx.needs = handle, list(present), list(needs)
+    ctx.save_for_backward(*ins)
 
 
 def _backward(ctx, grads):
-    saved = iter(ctx.saved_tensors)
-    ins = [next(saved) if p else None for p in ctx.present]
-    gs = _opaque_backward(ctx.handle, ins, ctx.needs, list(grads))
-    return None, [g if n and t is not None else None for g, t, n in zip(gs, ins, ctx.needs)], None
+    ins = list(ctx.saved_tensors)
+    gs = _opaque_backward(ctx.handle, ins, ctx.present, ctx.needs, list(grads))
+    return None, [g if n else None for g, n in zip(gs, ctx.needs)], None, None
 
 
 torch.library.register_autograd("bigsoftmax::opaque_forward", _backward, setup_context=_setup_context)
@@ -139,5 +141,8 @@ def call_opaque(handle: int, inputs: Sequence[Optional[Tensor]]) -> List[Tensor]
 
     Floating inputs that require grad get gradients through the kernel's own eager backward.
     """
+    present = [t is not None for t in inputs]
+    anchor = next(t for t in inputs if t is not None)
+    ins = [t if t is not None else anchor.new_empty(0) for t in inputs]
     needs = [t is not None and t.requires_grad and t.dtype.is_floating_point for t in inputs]
-    return _opaque_forward(handle, list(inputs), needs)
+    return _opaque_forward(handle, ins, present, needs)
