@@ -141,6 +141,33 @@ class CandidateMixin:
         return draw_candidates(self.sampler, labels, self.num_sampled, self.generator, update=self.training,
                                context=context)
 
+    # ------------------------------------------------------------- the generator in state_dict
+    def get_extra_state(self) -> Tensor:
+        """The head's candidate stream: the state of ``self.generator`` (a 1-D uint8 tensor), so
+        ``load_state_dict`` resumes the very draws the saved head would have made next."""
+        return self.generator.get_state()
+
+    def set_extra_state(self, state) -> None:
+        if not isinstance(state, Tensor) or state.dtype != torch.uint8 or state.dim() != 1:
+            raise RuntimeError(f"{type(self).__name__}: the state_dict's _extra_state must be the head's generator "
+                               f"state (a 1-D uint8 tensor from torch.Generator.get_state()), got "
+                               f"{type(state).__name__}")
+        try:
+            self.generator.set_state(state.cpu())
+        except RuntimeError as e:
+            raise RuntimeError(f"{type(self).__name__}: the state_dict's _extra_state is not a valid generator state "
+                               f"({e})") from None
+
+    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
+                              error_msgs):
+        super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
+                                      error_msgs)
+        key = prefix + "_extra_state"
+        # a checkpoint from before the generator was saved (weights only) still loads: the stream goes on
+        if type(self).get_extra_state is CandidateMixin.get_extra_state and key not in state_dict \
+                and key in missing_keys:
+            missing_keys.remove(key)
+
     @torch.compiler.assume_constant_result
     def _draw_handle(self) -> int:
         h = self.__dict__.get("_bigsoftmax_draw_handle")
