@@ -17,7 +17,125 @@ import numpy as np
 import torch
 from torch import Tensor
 
+# ============================================================================ validation mode
+#: the value-check modes of :func:`set_validation`
+VALIDATION_MODES = ("eager", "device", "off")
+_MODE = "eager"
+
+
+def set_validation(mode: str) -> None:
+    r"""Choose how the library checks tensor *values* (class ids in range, weights finite, …).
+
+    Type, dtype, device-kind and shape checks never read tensor data and always run. The checks
+    that do read data (``target.min() >= 0``, ``ids.max() < V``, …) cost a host-device sync each
+    (and a graph break under ``torch.compile``), so they follow this switch:
+
+    * ``"eager"`` (default): full host-side checks, raising ``ValueError`` with the exact message
+      (the bad id and the allowed range) before any kernel runs. Skipped while
+      ``torch.compiler.is_compiling()``, so a compiled step has no host sync and no graph break
+      (compiled code is unchecked in this mode: check in eager first, or use ``"device"``).
+    * ``"device"``: the same conditions as device-side asserts (``torch._assert_async``): no host
+      sync, also inside compiled graphs; a violation fails asynchronously (on CUDA a device assert
+      that poisons the context; on CPU a ``RuntimeError`` naming the argument and range).
+    * ``"off"``: no value checks (fastest; bad ids give whatever the kernels do).
+
+    Args:
+        mode: one of ``"eager"``, ``"device"``, ``"off"``.
+
+    Examples::
+
+        >>> bigsoftmax.set_validation("device")
+        >>> bigsoftmax.get_validation()
+        'device'
+        >>> bigsoftmax.set_validation("eager")
+    """
+    global _MODE
+    if mode not in VALIDATION_MODES:
+        raise ValueError(f"mode must be one of {VALIDATION_MODES}, got {mode!r}")
+    _MODE = mode
+
+
+def get_validation() -> str:
+    """The current value-check mode (see :func:`set_validation`).
+
+    Examples::
+
+        >>> bigsoftmax.get_validation()
+        'eager'
+    """
+    return _MODE
+
+
+class validation:
+    """Context manager: run a block under a value-check mode, then restore the previous one.
+
+    Args:
+        mode: one of ``"eager"``, ``"device"``, ``"off"`` (see :func:`set_validation`).
+
+    Examples::
+
+        >>> head = bigsoftmax.heads.FullSoftmax(8, 100)
+        >>> with bigsoftmax.validation("off"):
+        ...     loss = head(torch.randn(4, 8), torch.randint(0, 100, (4,)))
+    """
+
+    def __init__(self, mode: str):
+        if mode not in VALIDATION_MODES:
+            raise ValueError(f"mode must be one of {VALIDATION_MODES}, got {mode!r}")
+        self.mode = mode
+        self._prev: List[str] = []
+
+    def __enter__(self) -> "validation":
+        self._prev.append(_MODE)
+        set_validation(self.mode)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        set_validation(self._prev.pop())
+
+
+def host_checks() -> bool:
+    """True when value checks should run on the host now (mode ``"eager"`` and not compiling)."""
+    return _MODE == "eager" and not torch.compiler.is_compiling()
+
+
+def device_checks() -> bool:
+    """True when value checks should be device-side asserts (mode ``"device"``)."""
+    return _MODE == "device"
+
+
+def assert_ids_in_range(ids: Tensor, lo: int, hi: int, name: str, allowed: Optional[int] = None) -> None:
+    """Device-side assert (no host sync) that ``ids`` lie in ``[lo, hi)`` (or equal ``allowed``)."""
+    ok = (ids >= lo) & (ids < hi)
+    if allowed is not None:
+        ok = ok | (ids == allowed)
+    torch._assert_async(ok.all(), f"{name} contains a class id outside the allowed range [{lo}, {hi})"
+                        + (f" (ignore_index={allowed} is also allowed)" if allowed is not None else ""))
+
+
+def values_checked(cond, msg: str) -> bool:
+    """The one switch for a value check: True when the caller should run its host-side check now;
+    in ``"device"`` mode queues ``torch._assert_async(cond(), msg)`` instead and returns False.
+
+    ``cond`` is a zero-argument callable giving a bool tensor that must hold everywhere (built only
+    when a device assert is made). ``"off"`` and compiled ``"eager"`` return False, checking nothing.
+    """
+    if host_checks():
+        return True
+    if device_checks():
+        torch._assert_async(cond().all(), msg)
+    return False
+
+
 __all__ = [
+    "VALIDATION_MODES",
+    "values_checked",
+    "set_validation",
+    "get_validation",
+    "validation",
+    "host_checks",
+    "device_checks",
+    "assert_ids_in_range",
     "REDUCTIONS",
     "check_reduction",
     "check_choice",
@@ -91,6 +209,10 @@ def check_target(target: Tensor, num_classes: int, ignore_index: Optional[int] =
         raise _meta_error(name)
     if target.numel() == 0:
         return
+    if not host_checks():
+        if device_checks():
+            assert_ids_in_range(target, 0, num_classes, name, ignore_index)
+        return
     t = target
     if ignore_index is not None:
         t = t[t != ignore_index]
@@ -136,7 +258,12 @@ def check_class_weight(weight, num_classes: int, name: str = "weight_class", siz
     if tuple(weight.shape) != (num_classes,):
         raise ValueError(f"{name} must have shape [{size_name}={num_classes}] (one weight per class), "
                          f"got {tuple(weight.shape)}")
-    if weight.device.type != "meta":
+    if weight.device.type != "meta" and not host_checks():
+        if device_checks():
+            w = weight.detach()
+            torch._assert_async((torch.isfinite(w) & (w >= 0)).all(),
+                                f"{name} must be finite and >= 0 (one weight per class)")
+    elif weight.device.type != "meta":
         w = weight.detach()
         if not bool(torch.isfinite(w).all()) or bool((w < 0).any()):
             raise ValueError(f"{name} must be finite and >= 0 (one weight per class), got a NaN, inf or negative entry")
@@ -368,7 +495,10 @@ def check_class_ids(ids, range_max: int, name: str) -> Tensor:
         raise TypeError(f"{name} must hold integer class ids (int64), got dtype {ids.dtype}")
     if ids.device.type == "meta":
         raise ValueError(f"{name} is on the meta device, which holds no values; move it to a real device (cpu, cuda)")
-    if ids.numel():
+    if ids.numel() and not host_checks():
+        if device_checks():
+            assert_ids_in_range(ids, 0, range_max, name)
+    elif ids.numel():
         lo, hi = int(ids.min()), int(ids.max())
         if lo < 0 or hi >= range_max:
             bad = lo if lo < 0 else hi
@@ -440,7 +570,10 @@ def check_ids(ids, n: Optional[int], name: str, num_items: Optional[int] = None)
     check_not_meta(**{name: ids})
     if ids.dim() != 1 or (n is not None and ids.shape[0] != n):
         raise ValueError(f"{name} must have shape [{n if n is not None else 'n'}], got {tuple(ids.shape)}")
-    if num_items is not None and ids.numel():
+    if num_items is not None and ids.numel() and not host_checks():
+        if device_checks():
+            assert_ids_in_range(ids, 0, num_items, name)
+    elif num_items is not None and ids.numel():
         lo, hi = int(ids.min()), int(ids.max())
         if lo < 0 or hi >= num_items:
             raise ValueError(f"{name} contains id {lo if lo < 0 else hi}, outside the allowed range [0, {num_items})")

@@ -18,7 +18,9 @@ the head.
 
 from __future__ import annotations
 
-from typing import Callable, Optional
+import itertools
+import weakref
+from typing import Callable, Optional, Tuple
 
 import torch
 from torch import Tensor, nn
@@ -97,11 +99,80 @@ def draw_candidates(sampler, labels: Tensor, num_sampled: int, generator: torch.
     return out
 
 
+# ----------------------------------------------------------------------------- the draw under torch.compile
+# A candidate draw is host-side work by nature (TF's unique rejection loop stops at a data-dependent
+# number of draws; learned samplers update Python-side totals), and dynamo cannot trace a draw from a
+# torch.Generator. Under torch.compile the draw is therefore one opaque custom op: the graph keeps
+# running, the op calls the very same eager code with the head's generator, so a compiled step draws
+# exactly the candidates an eager step draws for the same seed. The op reaches the head through an
+# integer handle (custom ops take no Python objects); a head registers itself on first compiled use.
+_DRAWERS: "weakref.WeakValueDictionary[int, nn.Module]" = weakref.WeakValueDictionary()
+_NEXT_HANDLE = itertools.count(1)
+
+
+@torch.library.custom_op("bigsoftmax::draw_candidates", mutates_args=())
+def _draw_op(labels: Tensor, handle: int, num_sampled: int, update: bool,
+             context: Optional[Tensor]) -> Tuple[Tensor, Tensor, Tensor]:
+    head = _DRAWERS.get(handle)
+    if head is None:
+        raise RuntimeError(f"bigsoftmax::draw_candidates: no live head with handle {handle}")
+    out = draw_candidates(head.sampler, labels, num_sampled, head.generator, update=update, context=context)
+    # outputs of a custom op may not alias its inputs
+    return tuple(t if t is not labels and t is not context else t.clone() for t in out)
+
+
+@_draw_op.register_fake
+def _draw_fake(labels, handle, num_sampled, update, context):
+    n, t = labels.shape
+    shape = (n, num_sampled) if context is not None else (num_sampled,)
+    return (labels.new_empty(shape, dtype=torch.long), labels.new_empty((n, t), dtype=torch.float32),
+            labels.new_empty(shape, dtype=torch.float32))
+
+
 class CandidateMixin:
     """``draw`` for a head holding ``sampler``, ``num_sampled`` and ``generator`` (an ``nn.Module``)."""
 
     def draw(self, labels: Tensor, context: Optional[Tensor] = None):
         """Draw ``num_sampled`` candidates for labels [N, num_true] with ``self.generator``; the sampler
-        learns from the labels in training mode (see :func:`draw_candidates`)."""
+        learns from the labels in training mode (see :func:`draw_candidates`). Under ``torch.compile``
+        the same draw runs as one opaque op (``bigsoftmax::draw_candidates``): no graph break, same ids."""
+        if torch.compiler.is_compiling():
+            return _draw_op(labels, self._draw_handle(), self.num_sampled, self.training, context)
         return draw_candidates(self.sampler, labels, self.num_sampled, self.generator, update=self.training,
                                context=context)
+
+    # ------------------------------------------------------------- the generator in state_dict
+    def get_extra_state(self) -> Tensor:
+        """The head's candidate stream: the state of ``self.generator`` (a 1-D uint8 tensor), so
+        ``load_state_dict`` resumes the very draws the saved head would have made next."""
+        return self.generator.get_state()
+
+    def set_extra_state(self, state) -> None:
+        if not isinstance(state, Tensor) or state.dtype != torch.uint8 or state.dim() != 1:
+            raise RuntimeError(f"{type(self).__name__}: the state_dict's _extra_state must be the head's generator "
+                               f"state (a 1-D uint8 tensor from torch.Generator.get_state()), got "
+                               f"{type(state).__name__}")
+        try:
+            self.generator.set_state(state.cpu())
+        except RuntimeError as e:
+            raise RuntimeError(f"{type(self).__name__}: the state_dict's _extra_state is not a valid generator state "
+                               f"({e})") from None
+
+    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
+                              error_msgs):
+        super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
+                                      error_msgs)
+        key = prefix + "_extra_state"
+        # a checkpoint from before the generator was saved (weights only) still loads: the stream goes on
+        if type(self).get_extra_state is CandidateMixin.get_extra_state and key not in state_dict \
+                and key in missing_keys:
+            missing_keys.remove(key)
+
+    @torch.compiler.assume_constant_result
+    def _draw_handle(self) -> int:
+        h = self.__dict__.get("_bigsoftmax_draw_handle")
+        if h is None:
+            h = next(_NEXT_HANDLE)
+            self.__dict__["_bigsoftmax_draw_handle"] = h
+            _DRAWERS[h] = self
+        return h

@@ -35,6 +35,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ..ops._opaque import bound_handle, call_opaque
 from ..ops.lse import linear_logsumexp
 from .base import Head, chunked_topk
 from .._validate import check_counts, check_cutoffs, check_div_value as _check_div
@@ -493,7 +494,10 @@ class AdaptiveSoftmax(Head):
         parameter) join the graph through an exact zero-weight term, so ``DistributedDataParallel``
         needs no ``find_unused_parameters`` (every parameter gets a gradient, zero where unused)."""
         out = -self._target_log_prob(h, y)
-        if h.shape[0] == 0:
+        if torch.compiler.is_compiling():  # no host sync: every tail joins through the exact zero term
+            unused = [p for j in range(self.n_clusters) for p in (self.tail_proj[j], self.tail_weight[j])
+                      if p.requires_grad]
+        elif h.shape[0] == 0:
             unused = [p for p in self.parameters() if p.requires_grad]
         else:
             counts = torch.bincount(self._cluster_of(y), minlength=self.n_clusters + 1).tolist()
@@ -510,13 +514,29 @@ class AdaptiveSoftmax(Head):
         :func:`linear_logsumexp`; tail part for the rows of cluster j (contiguous after a stable sort
         by cluster): ``z_j[y - c_j] - lse_j`` on ``x_j = h_rows @ P_j.T``.
         """
+        params = [self.full_head_weight(), self.head_bias_param, *self.tail_proj, *self.tail_weight]
+        if torch.compiler.is_compiling():
+            # the tail clusters present are read from the data: the same code as one opaque op
+            return call_opaque(self._tlp_handle(), [h, y, *params])[0]
+        return self._tail_target_log_prob(h, y, *params)
+
+    @torch.compiler.assume_constant_result
+    def _tlp_handle(self) -> int:
+        return bound_handle(self, "target_log_prob", lambda m: m._tail_target_log_prob,
+                            lambda m: lambda h, y, *ps: h.new_empty(h.shape[0],
+                                                                    dtype=torch.promote_types(h.dtype, torch.float32)))
+
+    def _tail_target_log_prob(self, h: Tensor, y: Tensor, head_w: Tensor, head_b: Optional[Tensor],
+                              *tails: Tensor) -> Tensor:
+        """:meth:`_target_log_prob` on the given parameters (``tails``: the J projections, then the J weights)."""
+        proj, tail_w = tails[: self.n_clusters], tails[self.n_clusters:]
         N = h.shape[0]
         acc = torch.promote_types(h.dtype, torch.float32)
         if N == 0:
             return h.new_zeros(0, dtype=acc) + h.sum() * 0
         cid = self._cluster_of(y)
         head_t = torch.where(cid == 0, y, cid + (self.shortlist_size - 1))
-        lse_h, zt_h = linear_logsumexp(h, self.full_head_weight(), self.head_bias_param, head_t)
+        lse_h, zt_h = linear_logsumexp(h, head_w, head_b, head_t)
         out = zt_h - lse_h
         counts = torch.bincount(cid, minlength=self.n_clusters + 1).tolist()
         if sum(counts[1:]) == 0:
@@ -532,8 +552,8 @@ class AdaptiveSoftmax(Head):
             c = counts[j + 1]
             if c == 0:
                 continue
-            x = F.linear(h_t[start : start + c], self.tail_proj[j])
-            lse, zt = linear_logsumexp(x, self.tail_weight[j], None, rel[start : start + c])
+            x = F.linear(h_t[start : start + c], proj[j])
+            lse, zt = linear_logsumexp(x, tail_w[j], None, rel[start : start + c])
             parts.append(zt - lse)
             start += c
         tail_lp = torch.cat(parts) if len(parts) > 1 else parts[0]

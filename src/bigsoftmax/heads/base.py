@@ -176,6 +176,11 @@ class Head(nn.Module):
         """
         h, y = self._flat_pair(hidden, target)
         keep = y != self.ignore_index
+        if torch.compiler.is_compiling():
+            # no host sync under torch.compile: score every row (ignored ones on class 0), mask after
+            ys = torch.where(keep, y, torch.zeros_like(y))
+            per = self._loss(h, ys) if self.training else -self._target_log_prob(h, ys)
+            return masked_reduce(per, keep, target.shape, self.reduction)
         all_kept = bool(keep.all())
         hk, yk = (h, y) if all_kept else (h[keep], y[keep])
         per = self._loss(hk, yk) if self.training else -self._target_log_prob(hk, yk)
@@ -282,6 +287,24 @@ class Head(nn.Module):
 
     def _topk(self, h: Tensor, k: int) -> Tuple[Tensor, Tensor]:
         raise NotImplementedError
+
+
+def masked_reduce(per_row: Tensor, keep: Tensor, shape, reduction: str) -> Tensor:
+    """:func:`reduce_loss` of the rows where ``keep`` holds, from losses of *every* row ``[N]``.
+
+    No boolean indexing, so no data-dependent shape and no host sync (the ``torch.compile`` path):
+    ``'mean'`` divides by ``keep.sum()`` (NaN when every row is ignored, as ``reduce_loss``),
+    ``'none'`` puts zeros at ignored rows. Equal to ``reduce_loss(per_row[keep], keep, ...)``.
+    """
+    zero = torch.zeros((), dtype=per_row.dtype, device=per_row.device)
+    per = torch.where(keep, per_row, zero)
+    if reduction == "none":
+        return per.reshape(shape)
+    acc = torch.promote_types(per_row.dtype, torch.float32)
+    total = per.to(acc).sum()
+    if reduction == "sum":
+        return total.to(per_row.dtype)
+    return (total / keep.sum().to(acc)).to(per_row.dtype)
 
 
 class LinearEvalMixin:

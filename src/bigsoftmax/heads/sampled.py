@@ -16,8 +16,8 @@ from torch import Tensor, nn
 from ..ops import sampled as ops
 from ._candidates import CandidateMixin, build_sampler, draw_candidates, seeded_generator
 from ._init import init_class_rows, tie_class_rows
-from .base import Head, LinearEvalMixin, check_target, reduce_loss
-from .._validate import check_choice, check_int
+from .base import Head, LinearEvalMixin, check_target, masked_reduce, reduce_loss
+from .._validate import assert_ids_in_range, check_choice, check_int, device_checks
 from .._validate import check_per_row_values as _check_per_row
 from .rows import ClassRowsMixin
 
@@ -170,6 +170,13 @@ class SamplingHead(ClassRowsMixin, CandidateMixin, LinearEvalMixin, Head):
         keep = first != self.ignore_index
         if sampled_values is not None:
             sampled_values = _check_per_row(sampled_values, keep.shape[0])
+        if torch.compiler.is_compiling():
+            # no host sync under torch.compile: every row is scored (ignored ones on class 0), masked after
+            y = torch.where(keep.reshape(-1, *([1] * (y.dim() - 1))), y, torch.zeros_like(y))
+            if ctx is not None and device_checks():
+                assert_ids_in_range(ctx, 0, self.num_classes, "context")
+            per = self._sampled_loss(h, y.reshape(-1, self.num_true), sampled_values, ctx)
+            return masked_reduce(per, keep, shape, self.reduction)
         if not bool(keep.all()):
             h, y = h[keep], y[keep]
             ctx = ctx[keep] if ctx is not None else None

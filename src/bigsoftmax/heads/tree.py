@@ -47,6 +47,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 from .. import trees as T
+from ..ops._opaque import bound_handle, call_opaque
 from ..ops.tree import Part as _Part
 from ..ops.tree import PathLogProb as _PathLogProb
 from ..ops.tree import acc_dtype as _acc
@@ -120,6 +121,11 @@ def _fill_in_row(rows: Tensor, vals: Tensor, sizes: Tensor, n: int, k: int) -> T
     return keep
 
 
+#: the tree's tensors, persistent buffers of every tree head (checked on ``load_state_dict``)
+_TREE_BUFFERS = ("node_arity", "node_offset", "node_parent_slot", "slot_node", "slot_child", "slot_is_leaf",
+                 "slot_valid", "leaf_slot", "leaf_depth")
+
+
 # ----------------------------------------------------------------------------- the head
 class TreeSoftmax(ClassRowsMixin, Head):
     """Softmax factorised over a class tree (see the module docstring for formulas and costs).
@@ -135,8 +141,9 @@ class TreeSoftmax(ClassRowsMixin, Head):
         ignore_index, reduction: as ``nn.CrossEntropyLoss``.
 
     Parameters: ``weight [R, d]`` (``R = tree.num_slots`` for softmax, ``tree.num_nodes`` for
-    sigmoid), initialised N(0, 1/d); ``bias [R]`` zeros. The tree tensors are non-persistent
-    buffers: rebuild the head from the same tree (or counts) before ``load_state_dict``.
+    sigmoid), initialised N(0, 1/d); ``bias [R]`` zeros. The tree tensors are buffers in the
+    ``state_dict``: loading a checkpoint of another tree raises ``RuntimeError`` ("different tree");
+    a weights-only checkpoint (without them) loads with the head's current tree.
     Tunables (attributes): ``group_threshold`` (GEMM-per-node vs gather switch, see
     :meth:`_parts`), ``topk_rows`` (rows per top-k chunk, default 256) and
     ``topk_dense_fraction`` (a top-k chunk whose frontier costs more than this fraction of a
@@ -173,9 +180,8 @@ class TreeSoftmax(ClassRowsMixin, Head):
         self._init_rows(nn.Parameter(torch.empty(rows, in_features)), nn.Parameter(torch.zeros(rows)) if bias else None,
                         self.sparse)
         self.reset_parameters()
-        for name in ("node_arity", "node_offset", "node_parent_slot", "slot_node", "slot_child", "slot_is_leaf",
-                     "slot_valid", "leaf_slot", "leaf_depth"):
-            self.register_buffer(name, getattr(tree, name), persistent=False)
+        for name in _TREE_BUFFERS:
+            self.register_buffer(name, getattr(tree, name))
         off = tree.node_offset.tolist() + [tree.num_slots]
         self.level_ptr = tree.level_ptr
         self.level_slot_ptr = tuple(off[p] for p in tree.level_ptr)
@@ -193,6 +199,26 @@ class TreeSoftmax(ClassRowsMixin, Head):
         self.group_threshold = 1 << 16
         self.topk_rows = 256
         self.topk_dense_fraction = 0.1
+
+    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
+                              error_msgs):
+        # the tree travels in the state dict: refuse a checkpoint of another tree before anything is copied
+        for name in _TREE_BUFFERS:
+            saved, mine = state_dict.get(prefix + name), getattr(self, name)
+            if saved is None or mine.device.type == "meta":
+                continue
+            if not isinstance(saved, Tensor) or tuple(saved.shape) != tuple(mine.shape) \
+                    or not torch.equal(saved.to(device=mine.device, dtype=mine.dtype), mine):
+                raise RuntimeError(
+                    f"{type(self).__name__}.load_state_dict: the state_dict holds a different tree ({prefix}{name} "
+                    f"differs: shape {tuple(saved.shape) if isinstance(saved, Tensor) else type(saved).__name__} vs "
+                    f"{tuple(mine.shape)} here); build the head from the same tree (or counts) that wrote it")
+        super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
+                                      error_msgs)
+        # a weights-only checkpoint (from before the tree was saved) loads with the current tree
+        for name in _TREE_BUFFERS:
+            if prefix + name not in state_dict and prefix + name in missing_keys:
+                missing_keys.remove(prefix + name)
 
     def _make_level_plan(self):
         """How the dense ``log_prob`` normalises each level: 'uniform' (one reshape), 'slices'
@@ -273,13 +299,27 @@ class TreeSoftmax(ClassRowsMixin, Head):
 
     def _target_log_prob(self, h: Tensor, y: Tensor) -> Tensor:
         """log P(y | h) = sum over the path of the chosen child's log-softmax: [N, d], [N] -> [N]."""
+        if torch.compiler.is_compiling() and not self.sparse:
+            # the path kernel picks its parts from the data: one opaque op under torch.compile
+            return call_opaque(self._path_handle(), [h, self.weight, self.bias, y])[0]
+        return self._path_log_prob(h, self.weight, self.bias, y)
+
+    @torch.compiler.assume_constant_result
+    def _path_handle(self) -> int:
+        return bound_handle(self, "path_log_prob", lambda m: m._path_log_prob, lambda m: m._path_log_prob_fake)
+
+    def _path_log_prob(self, h: Tensor, weight: Tensor, bias: Optional[Tensor], y: Tensor) -> Tensor:
+        """The eager path kernel on the given parameters: [N, d], [R, d], [R] | None, [N] -> [N]."""
         slots, mask = T._path_slots(y, self.leaf_slot, self.leaf_depth, self.slot_node, self.node_parent_slot)
         rows, pos = mask.nonzero(as_tuple=True)  # (row, depth) pairs, row-major
         s = slots[rows, pos]
         nodes = self.slot_node[s]
         child = s - self.node_offset[nodes]
         valid = self.slot_valid if self._has_dummies else None
-        return _PathLogProb.apply(h, self.weight, self.bias, self._parts(rows, nodes), child, valid, self.sparse)
+        return _PathLogProb.apply(h, weight, bias, self._parts(rows, nodes), child, valid, self.sparse)
+
+    def _path_log_prob_fake(self, h: Tensor, weight: Tensor, bias: Optional[Tensor], y: Tensor) -> Tensor:
+        return h.new_empty(h.shape[0], dtype=_acc(torch.promote_types(h.dtype, weight.dtype)))
 
     # ------------------------------------------------------------- dense exact log-probabilities
     def _level_cond(self, h: Tensor, level: int) -> Tensor:

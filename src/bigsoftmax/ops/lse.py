@@ -57,6 +57,7 @@ from .._validate import (
     check_reduction, check_target,
 )
 from .._validate import check_linear as _check_linear
+from ._opaque import call_opaque, register_opaque
 from .reduce import reduce_loss
 
 __all__ = [
@@ -677,12 +678,51 @@ def linear_cross_entropy(
     chunk = min(chunk_size if chunk_size is not None else default_chunk_size(x.shape[0], V), V)
     wants_grad = _wants_grad(input, weight, bias)
     precompute = bool(precompute) and wants_grad and reduction != "none"
-    rows = 0
-    if chunk_size is None and not precompute and wants_grad and reduction != "none" and cdt == acc:
-        rows = rowblock_rows(int((y != ignore_index).sum()), V, torch.finfo(cdt).bits // 8)
-    cfg = _CEConfig(KernelParams(chunk, cdt, acc, label_smoothing=eps), ignore_index, reduction, precompute, rows)
-    out = _LinearCrossEntropy.apply(x, weight, bias, y, cw, cfg)
+    auto_rows = chunk_size is None and not precompute and wants_grad and reduction != "none" and cdt == acc
+    if torch.compiler.is_compiling():  # the same kernel as one opaque op (no graph break), see ops/_opaque.py
+        h = _ce_handle(chunk, cdt, acc, eps, ignore_index, reduction, precompute, auto_rows)
+        out = call_opaque(h, [x, weight, bias, y, cw])[0]
+    else:
+        out = _LinearCrossEntropy.apply(x, weight, bias, y, cw, _ce_config(chunk, cdt, acc, eps, ignore_index,
+                                                                            reduction, precompute, auto_rows, y, V))
     return out.reshape(target.shape) if reduction == "none" else out
+
+
+def _ce_config(chunk, cdt, acc, eps, ignore_index, reduction, precompute, auto_rows, y, V) -> _CEConfig:
+    """The kernel configuration; ``auto_rows``: row-block mode sized by the kept rows (reads ``y``)."""
+    rows = rowblock_rows(int((y != ignore_index).sum()), V, torch.finfo(cdt).bits // 8) if auto_rows else 0
+    return _CEConfig(KernelParams(chunk, cdt, acc, label_smoothing=eps), ignore_index, reduction, precompute, rows)
+
+
+@torch.compiler.assume_constant_result
+def _ce_handle(chunk: int, cdt: torch.dtype, acc: torch.dtype, eps: float, ignore_index: int, reduction: str,
+               precompute: bool, auto_rows: bool) -> int:
+    """The opaque-op handle of :class:`_LinearCrossEntropy` with this configuration (torch.compile path)."""
+
+    def fn(x, W, b, y, cw):
+        cfg = _ce_config(chunk, cdt, acc, eps, ignore_index, reduction, precompute, auto_rows, y, W.shape[0])
+        return _LinearCrossEntropy.apply(x, W, b, y, cw, cfg)
+
+    def fake(x, W, b, y, cw):
+        return x.new_empty((x.shape[0],) if reduction == "none" else (), dtype=acc)
+
+    return register_opaque(("linear_cross_entropy", chunk, cdt, acc, eps, ignore_index, reduction, precompute,
+                            auto_rows), fn, fake)
+
+
+@torch.compiler.assume_constant_result
+def _lse_handle(chunk: int, cdt: torch.dtype, acc: torch.dtype, exclude_target: bool, stored: bool) -> int:
+    """The opaque-op handle of :class:`_LinearLogSumExp` with this configuration (torch.compile path)."""
+    p = KernelParams(chunk, cdt, acc, exclude_target=exclude_target)
+
+    def fn(x, W, b, y):
+        return _LinearLogSumExp.apply(x, W, b, y, p, stored)
+
+    def fake(x, W, b, y):
+        has_t = y is not None and not exclude_target
+        return x.new_empty(x.shape[0], dtype=acc), x.new_empty(x.shape[0] if has_t else 0, dtype=acc)
+
+    return register_opaque(("linear_logsumexp", p, stored), fn, fake)
 
 
 # ============================================================================ log-normaliser + target logit
@@ -794,6 +834,10 @@ def linear_logsumexp(
         stored = stored and cdt == acc
         if stored:
             p = replace(p, chunk=V)
-        lse, zt = _LinearLogSumExp.apply(x, weight, bias, y, p, bool(stored))
+        if torch.compiler.is_compiling():  # the same kernel as one opaque op (no graph break)
+            lse, zt = call_opaque(_lse_handle(p.chunk, cdt, acc, bool(exclude_target), bool(stored)),
+                                  [x, weight, bias, y])
+        else:
+            lse, zt = _LinearLogSumExp.apply(x, weight, bias, y, p, bool(stored))
         zt = zt if (y is not None and not exclude_target) else None
     return lse.reshape(lead), (None if zt is None else zt.reshape(lead))

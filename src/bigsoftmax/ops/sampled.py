@@ -36,7 +36,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .._validate import check_choice, check_not_meta
+from .._validate import check_choice, check_not_meta, values_checked
 
 Weights = Union[Tensor, Sequence[Tensor]]
 SampledValues = Tuple[Tensor, Tensor, Tensor]
@@ -105,7 +105,8 @@ def check_labels(labels: Tensor, num_true: int, batch: int, num_classes: int, na
             + (" (or [batch] when num_true=1)" if num_true == 1 else "")
             + f", got {tuple(labels.shape)}"
         )
-    if labels.numel():
+    if labels.numel() and values_checked(lambda: (labels >= 0) & (labels < num_classes),
+                                         f"{name} contain a class id outside the allowed range [0, {num_classes})"):
         lo, hi = int(labels.min()), int(labels.max())
         if lo < 0 or hi >= num_classes:
             raise ValueError(f"{name} contain class id {lo if lo < 0 else hi}, outside the allowed range [0, {num_classes})")
@@ -138,7 +139,9 @@ def check_sampled_values(sampled_values, labels: Tensor, num_sampled: Optional[i
     S = sampled.shape[-1]
     if num_sampled is not None and S != num_sampled:
         raise ValueError(f"sampled_values hold {S} candidates but num_sampled={num_sampled}")
-    if sampled.numel() and (int(sampled.min()) < 0 or int(sampled.max()) >= num_classes):
+    if sampled.numel() and values_checked(lambda: (sampled >= 0) & (sampled < num_classes),
+                                          f"sampled_candidates must lie in [0, {num_classes}) (num_classes)") \
+            and (int(sampled.min()) < 0 or int(sampled.max()) >= num_classes):
         raise ValueError(f"sampled_candidates must lie in [0, {num_classes}) (num_classes)")
     if tuple(samp_exp.shape) != tuple(sampled.shape):
         raise ValueError(f"sampled_expected_count must have shape {list(sampled.shape)} (= sampled_candidates), got {tuple(samp_exp.shape)}")
@@ -150,12 +153,14 @@ def check_sampled_values(sampled_values, labels: Tensor, num_sampled: Optional[i
             true_exp = true_exp.expand(B, T)  # TF broadcasts a [B, 1] count over num_true
         else:
             raise ValueError(f"true_expected_count must have shape {tuple(labels.shape)} (= labels) or [{B}, 1], got {tuple(true_exp.shape)}")
-    if true_exp.numel() and not bool((true_exp > 0).all()):
+    if true_exp.numel() and values_checked(lambda: true_exp > 0, "true_expected_count must be > 0") \
+            and not bool((true_exp > 0).all()):
         raise ValueError(
             "true_expected_count must be > 0: a true class has zero sampling probability under the sampler, so log Q is -inf "
             "(use a sampler that gives every true class nonzero probability)"
         )
-    if samp_exp.numel() and not bool((samp_exp > 0).all()):
+    if samp_exp.numel() and values_checked(lambda: samp_exp > 0, "sampled_expected_count must be > 0") \
+            and not bool((samp_exp > 0).all()):
         raise ValueError("sampled_expected_count must be > 0 for every sampled candidate")
     return sampled.long(), true_exp, samp_exp
 
@@ -233,7 +238,7 @@ def gather_rows(weights: Weights, ids: Tensor, sparse: bool = False) -> Tensor:
         raise TypeError("weights must be a [V, ...] tensor or a non-empty list of [V_i, ...] tensor shards")
     check_not_meta(ids=ids, weights=shards)
     V = num_classes_of(weights)
-    if ids.numel():
+    if ids.numel() and values_checked(lambda: (ids >= 0) & (ids < V), f"ids contain a row id outside [0, {V})"):
         lo, hi = int(ids.min()), int(ids.max())
         if lo < 0 or hi >= V:
             raise ValueError(f"ids contain row id {lo if lo < 0 else hi}, outside the allowed range [0, {V}) (the rows of weights)")
@@ -275,6 +280,8 @@ def hit_mask(labels: Tensor, sampled: Tensor) -> Tensor:
     """
     if sampled.dim() == 2:
         return (sampled[:, :, None] == labels[:, None, :]).any(dim=-1)
+    if torch.compiler.is_compiling():  # dense O(B·S·T) comparison: no data-dependent shapes in a graph
+        return (sampled[None, :, None] == labels[:, None, :]).any(dim=-1)
     rows, cols = hit_pairs(labels, sampled)
     mask = torch.zeros(labels.shape[0], sampled.shape[0], dtype=torch.bool, device=sampled.device)
     mask[rows, cols] = True
