@@ -718,12 +718,13 @@ def fused_sampled_softmax(
                              f"per row, got {P}")
         if remove_accidental_hits:
             hits = torch.zeros(sampled.shape, dtype=torch.bool, device=sampled.device)
-            hits.index_put_(hit_pairs(labels, sampled[0, :P]), torch.ones((), dtype=torch.bool, device=sampled.device))
+            hits[:, :P] = hit_mask(labels, sampled[0, :P])
             hits[:, P:] = hit_mask(labels, sampled[:, P:])
         pool = torch.cat([sampled[0, :P], sampled[:, P:].reshape(-1)])
         return _FusedSampledSoftmax.apply(inputs, weight, bias, labels, pool, None, tlq, slq, hits, sparse, False, P)
-    if remove_accidental_hits:  # shared [S]: the few (row, col) hit pairs; per example: a [B, S] mask
-        hits = hit_pairs(labels, sampled) if sampled.dim() == 1 else hit_mask(labels, sampled)
+    if remove_accidental_hits:  # shared [S]: the few (row, col) hit pairs; per example (and compiled): a [B, S] mask
+        pairs = sampled.dim() == 1 and not torch.compiler.is_compiling()  # pairs have a data-dependent size
+        hits = hit_pairs(labels, sampled) if pairs else hit_mask(labels, sampled)
     inv, rows = None, False
     if sampled.dim() == 2 and gather == "unique":
         pool, inv = torch.unique(sampled, return_inverse=True)
