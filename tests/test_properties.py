@@ -222,17 +222,21 @@ def _generators(module):
 @cases(ci=40, thorough=1000)
 @given(heads(), st.sampled_from([torch.float32, torch.float64]), st.data())
 def test_seeded_training_step_is_bit_reproducible(hv, dtype, data):
-    """Determinism: with the head's generator(s) reset to the same state, a training step gives the
+    """Determinism: with the head's generator(s) and buffers reset to the same state, a training step gives the
     same loss and the same gradients bit for bit (sampled draws included), and two backward passes
     through one retained graph agree bit for bit (fixed reduction order; gradcheck's reentrancy)."""
     name, head, d, V = hv
     head = head.to(dtype).train()
     h, y = data.draw(batches(d, V, head.ignore_index, dtype))
     states = [g.get_state() for g in _generators(head)]
+    # other training-step state too (e.g. the annealed margin heads' ``iteration`` buffer)
+    buffers = {k: b.clone() for k, b in head.named_buffers()}
     runs = []
     for _ in range(2):
         for g, st_ in zip(_generators(head), states):
             g.set_state(st_)
+        for k, b in head.named_buffers():
+            b.copy_(buffers[k])
         x = h.clone().requires_grad_()
         loss = head(x, y).sum()
         params = [p for p in head.parameters() if p.requires_grad]
