@@ -156,6 +156,7 @@ class VocabParallelTrainer(Trainer):
         dist.gather_object(mine, every, dst=0)
         if self.rank != 0:
             self.state.status = status
+            dist.barrier()  # returns once rank 0 has written the checkpoint
             return
         every = sorted(every, key=lambda m: m["rank"])
         head = gather_checkpoint([m["head"] for m in every])
@@ -166,6 +167,13 @@ class VocabParallelTrainer(Trainer):
                   vocab_parallel={"world_size": self.world_size, "optimizers": [m["optimizer"] for m in every],
                                   "rnn_states": [m["rnn_state"] for m in every]})
         save_atomic(ck, self.out / CHECKPOINT)
+        dist.barrier()
+
+    def run(self) -> Dict:
+        """:meth:`Trainer.run` on every rank; returns once rank 0 has written the run's files."""
+        res = super().run()
+        dist.barrier()
+        return res
 
     def _restore(self, ck: Dict) -> None:
         path = self.out / CHECKPOINT
