@@ -7,7 +7,8 @@
 For each P the script starts P local processes (``bigsoftmax.parallel.run_local``: spawn, gloo) and
 each rank builds :class:`bigsoftmax.parallel.VocabParallelFullSoftmax` ``(d, V)`` (its "div" block of
 the rows), then runs one forward + backward step on ``hidden [N, d]`` / ``target [N]`` (the same on
-every rank), followed by ``--repeats - 1`` timed steps. Measured per rank:
+every rank), after a warm-up on 8 rows (full size: that one step is also the timed one; --quick
+times 2 steps). Measured per rank:
 
 * **parameter memory**: the storage bytes of the rank's parameters (``untyped_storage().nbytes()``);
 * **step-extra memory**: the peak resident set during one step minus the resident set before it
@@ -43,7 +44,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
-FULL = dict(V=4_000_000, d=256, N=1024, worlds=[1, 2, 4], check_V=20_000, repeats=2)
+FULL = dict(V=4_000_000, d=256, N=1024, worlds=[1, 2, 4], check_V=20_000, repeats=1)
 QUICK = dict(V=200_000, d=16, N=64, worlds=[1, 2], check_V=4_000, repeats=2)
 F32 = 4
 
@@ -119,7 +120,7 @@ def worker(rank, world, V, d, N, check_V, repeats, out):
     g = torch.Generator().manual_seed(1)
     h = torch.randn(N, d, generator=g).requires_grad_()
     y = torch.randint(0, V, (N,), generator=g)
-    head(h, y).backward()  # warm-up: lazy initialisations of torch / gloo are not the step's memory
+    head(h[:8], y[:8]).backward()  # warm-up (8 rows): lazy initialisations of torch / gloo are not the step's memory
     head.weight.grad = head.bias.grad = h.grad = None
     dist.barrier()
     before = _reset_peak_rss()
