@@ -182,6 +182,7 @@ def run(cfg: dict, threads: int) -> dict:
                 "ddp_replicated_formula_at_check_V": fc["ddp_replicated"],
                 "step_s": max(r["step_s"] for r in ranks),
             })
+            print(f"P={P}: {json.dumps(rows[-1])}", file=sys.stderr, flush=True)
     one = rows[0]
     for r in rows:
         r["param_ratio"] = r["param_bytes_per_rank"] / one["param_bytes_per_rank"]
@@ -244,7 +245,8 @@ def main(argv=None) -> int:
     if a.json:
         Path(a.json).write_text(json.dumps(res, indent=1))
     if a.out:
-        cmd = "python benchmarks/parallel.py" + (" --quick" if a.quick else "")
+        cmd = "python benchmarks/parallel.py" + (" --quick" if a.quick else "") + \
+            (f" --V {a.V}" if a.V is not None else "") + (f" --worlds {a.worlds}" if a.worlds else "")
         Path(a.out).write_text(f"# Scale-out: vocab-parallel exact full softmax\n\n`{cmd}`\n\n{md}\n")
     return 0
 

@@ -98,6 +98,9 @@ def test_bad_vocab_parallel_usage_is_exit_2_naming_the_problem(tmp_path, capsys,
 
 def test_a_vocab_parallel_run_resumed_without_torchrun_is_refused(tmp_path, capsys):
     out = tmp_path / "run"
-    run_local(W.initial_weights_then_train, 2, str(out), str(tmp_path / "init.pt"), {}, timeout=120)
+    Trainer(W.tiny(vocab_parallel=False, max_tokens=32), out).run()
+    ck = torch.load(out / CHECKPOINT, weights_only=False)
+    ck["config"]["vocab_parallel"] = True  # what a --vocab-parallel run saves
+    torch.save(ck, out / CHECKPOINT)
     assert main(["train", "--resume", "--out", str(out), "--max-tokens", "512"]) == 2
     assert "this run trains with --vocab-parallel: launch it under torchrun" in capsys.readouterr().err
