@@ -193,7 +193,7 @@ def run(cfg: dict, threads: int) -> dict:
 
 
 def _gb(b):
-    return f"{b / 1e9:.3g} GB" if b >= 1e8 else f"{b / 1e6:.3g} MB" if b >= 1e5 else f"{b / 1e3:.3g} KB"
+    return f"{b / 2**30:.3g} GiB" if b >= 2**30 else f"{b / 2**20:.4g} MiB" if b >= 2**17 else f"{b / 2**10:.3g} KiB"
 
 
 def table(res: dict) -> str:
@@ -206,8 +206,8 @@ def table(res: dict) -> str:
     for r in res["rows"]:
         same = "=" if r["comm_bytes_counted"] == r["comm_bytes_formula"] else "!="
         lines.append(f"| {r['P']} | {_gb(r['param_bytes_per_rank'])} | {r['param_ratio']:.3f} | "
-                     f"{r['step_extra_mb_per_rank']:.1f} MB | {r['step_extra_ratio']:.3f} | "
-                     f"{r['step_extra_goal_mb']:.1f} MB ({'met' if r['step_extra_mb_per_rank'] <= r['step_extra_goal_mb'] else 'NOT met'}) | "
+                     f"{r['step_extra_mb_per_rank']:.1f} MiB | {r['step_extra_ratio']:.3f} | "
+                     f"{r['step_extra_goal_mb']:.1f} MiB ({'met' if r['step_extra_mb_per_rank'] <= r['step_extra_goal_mb'] else 'NOT met'}) | "
                      f"{_gb(r['comm_bytes_counted'])} ({same} formula){' (one process: no transfer)' if r['P'] == 1 else ''} | "
                      f"{_gb(r['naive_allgather_bytes'])} ({r['naive_allgather_bytes'] / r['comm_bytes_formula']:,.0f}x) | "
                      f"{_gb(r['ddp_replicated_bytes'])} ({r['ddp_replicated_bytes'] / r['comm_bytes_formula']:,.0f}x) | "
@@ -230,12 +230,28 @@ def main(argv=None) -> int:
     ap.add_argument("--json", default=None, help="also write the results as JSON here")
     ap.add_argument("--out", default=None, help="write the markdown table here (e.g. benchmarks/results/parallel.md)")
     ap.add_argument("--overwrite", action="store_true", help="replace an existing --out / --json file")
+    ap.add_argument("--formulas", action="store_true",
+                    help="print the formula figures (parameter bytes per rank, bytes per step) at --V, no run")
+    ap.add_argument("--render", default=None, metavar="JSON", help="print the table of a saved --json result (no run)")
     a = ap.parse_args(argv)
     cfg = dict(QUICK if a.quick else FULL)
     if a.V is not None:
         cfg["V"] = a.V
     if a.worlds:
         cfg["worlds"] = [int(w) for w in a.worlds.split(",")]
+    if a.formulas:
+        V, d, N = cfg["V"], cfg["d"], cfg["N"]
+        print(f"formulas at V={V:,}, d={d}, N={N}, fp32 (not measured)\n")
+        print("| P | params / rank (weight + bias) | exact: bytes / step | all-gather of [N, V/P] logits "
+              "| replicated head under DDP |\n|---|---|---|---|---|")
+        for P in cfg["worlds"]:
+            f = formulas(V, d, N, P)
+            print(f"| {P} | {_gb(-(-V // P) * (d + 1) * F32)} | {_gb(f['exact_fwd'] + f['exact_bwd'])} | "
+                  f"{_gb(f['naive_allgather'])} | {_gb(f['ddp_replicated'])} |")
+        return 0
+    if a.render:
+        print(table(json.loads(Path(a.render).read_text())))
+        return 0
     for p in (a.out, a.json):
         if p and os.path.exists(p) and not a.overwrite:
             ap.error(f"{p} exists; pass --overwrite to replace it")
