@@ -101,8 +101,9 @@ def _add_model_args(p: argparse.ArgumentParser, head_default: Optional[str] = "f
 
 #: TrainConfig fields set from same-named arguments
 _FIELDS = ("corpus", "lowercase", "min_count", "max_size", "max_lines", "block_lines", "num_sampled", "sampler",
-           "per_row", "sparse", "cutoffs", "div_value", "num_clusters", "model", "d_model", "num_layers", "num_heads", "dropout",
-           "tie", "batch_size", "seq_len", "lr", "clip", "seed", "epochs", "max_tokens", "time_budget", "eval_tokens",
+           "per_row", "sparse", "cutoffs", "div_value", "num_clusters", "model", "d_model", "num_layers", "num_heads",
+           "dropout", "tie", "vocab_parallel", "batch_size", "seq_len", "lr", "clip", "seed", "epochs", "max_tokens",
+           "time_budget", "eval_tokens",
            "checkpoint_every")
 
 
@@ -126,6 +127,8 @@ def _config_from_args(args, head: Optional[str] = None, **defaults):
         kw["head"] = head
     elif getattr(args, "head", None) is not None:
         kw["head"] = args.head
+    if kw.get("vocab_parallel") and "tie" not in kw:
+        kw["tie"] = False  # the head's rows are split over the ranks, the input embedding is replicated
     kw["corpus"] = str(kw.get("corpus", TrainConfig.corpus))
     kw["progress"] = not args.quiet
     return TrainConfig(**kw)
@@ -152,11 +155,27 @@ def cmd_train(args) -> int:
     cfg = _config_from_args(args)
     if not args.resume:  # on --resume the head (and all but the budgets) come from the checkpoint
         _check_head_name(cfg.head)
+        if cfg.vocab_parallel:
+            cfg.validate()  # an unsupported head / flag is refused before asking for a process group
     elif args.overwrite:
         raise CLIError("--resume continues the run in --out and --overwrite replaces it: give one of them")
-    trainer = Trainer(cfg, args.out, resume=args.resume, overwrite=args.overwrite,
-                      explicit=_explicit(args) if args.resume else None, tensorboard=args.tensorboard)
-    res = trainer.run()
+    kw = dict(resume=args.resume, overwrite=args.overwrite, explicit=_explicit(args) if args.resume else None,
+              tensorboard=args.tensorboard)
+    if cfg.vocab_parallel:
+        import torch.distributed as dist
+
+        from .scaleout import VocabParallelTrainer, init_process_group_from_env
+
+        init_process_group_from_env()
+        try:
+            trainer = VocabParallelTrainer(cfg, args.out, **kw)
+            res = trainer.run()
+        finally:
+            dist.destroy_process_group()
+        if trainer.rank != 0:
+            return 130 if res["status"] == "interrupted" else 0
+    else:
+        res = Trainer(cfg, args.out, **kw).run()
     if res["status"] == "interrupted":
         return 130
     print(f"{res['head']}: valid perplexity {res['valid_ppl']:.2f} ({res['valid_tokens']} tokens), "
@@ -228,6 +247,9 @@ def register(sub) -> None:
                                    "checkpoints atomically, resumable, exact valid perplexity at the end.")
     _add_data_args(p)
     _add_model_args(p)
+    p.add_argument("--vocab-parallel", dest="vocab_parallel", action="store_const", const=True, default=None,
+                   help="under torchrun (gloo): body data-parallel (DDP), head (full, sampled, nce) split over the "
+                        "ranks' vocabulary blocks; implies --no-tie; see docs/parallel.md")
     p.add_argument("--out", required=True, help="run folder (checkpoint.pt, metrics.json, metrics.jsonl, ...)")
     p.add_argument("--resume", action="store_true",
                    help="continue the run saved in --out; only --epochs, --max-tokens, --time-budget, --eval-tokens, "

@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from .models import build_lm
-from .registry import HeadOptions, build_head
+from .registry import VOCAB_PARALLEL_HEADS, HeadOptions, build_head
 
 __all__ = ["CHECKPOINT", "CKPT_FORMAT", "CKPT_REQUIRED", "RESUMABLE", "TrainConfig", "build_model",
            "check_same_corpus", "flag_name", "seed_generators"]
@@ -84,6 +84,8 @@ class TrainConfig:
     num_heads: int = 4
     dropout: float = 0.0
     tie: bool = True
+    # scale-out: body data-parallel (DDP), head vocab-parallel (each rank its "div" block of the class rows)
+    vocab_parallel: bool = False
     # optimisation
     batch_size: int = 64
     seq_len: int = 35
@@ -133,6 +135,18 @@ class TrainConfig:
             raise ValueError(f"model must be 'lstm' or 'transformer', got {self.model!r}")
         if not 0.0 <= self.dropout < 1.0:
             raise ValueError(f"dropout must be in [0, 1), got {self.dropout!r}")
+        if self.vocab_parallel:
+            if self.head not in VOCAB_PARALLEL_HEADS:
+                raise ValueError(f"--vocab-parallel supports the heads {', '.join(VOCAB_PARALLEL_HEADS)}, "
+                                 f"got --head {self.head}")
+            if self.tie:
+                raise ValueError("--vocab-parallel splits the head's [V, d] rows over the ranks while the input "
+                                 "embedding is replicated: they cannot be tied; use --no-tie")
+            if self.sparse:
+                raise ValueError("--vocab-parallel does not support --sparse (the data-parallel body all-reduces "
+                                 "dense gradients)")
+            if self.sampler in ("bigram", "mixed"):
+                raise ValueError(f"--vocab-parallel does not support --sampler {self.sampler} (per-example candidates)")
         return self
 
     @classmethod
@@ -166,19 +180,23 @@ def seed_generators(model: nn.Module, seed: int) -> None:
         g.manual_seed((seed * 1_000_003 + 7919 * (i + 1)) % (2**63 - 1))
 
 
-def build_model(cfg: TrainConfig, corpus_counts: np.ndarray, tokens: Optional[np.ndarray] = None) -> nn.Module:
+def build_model(cfg: TrainConfig, corpus_counts: np.ndarray, tokens: Optional[np.ndarray] = None,
+                vocab_parallel: bool = False, rank: int = 0) -> nn.Module:
     """The LM of ``cfg`` over ``len(corpus_counts)`` classes; body and head initialised from ``cfg.seed``.
 
-    ``tokens`` (the training stream) builds the ``--sampler bigram`` proposal.
+    ``tokens`` (the training stream) builds the ``--sampler bigram`` proposal. ``vocab_parallel``: the
+    head is the vocab-parallel class of ``cfg.head`` (needs an initialised process group; this rank's
+    block is initialised from its own stream, ``rank``); otherwise the single-process head, also for a
+    run trained with ``--vocab-parallel`` (what ``bigsoftmax eval`` loads the gathered checkpoint into).
 
     The body/embedding are initialised from ``seed`` after the head, with the head drawn from a
     separately seeded stream, so every head gets the same body initialisation.
     """
     V = int(len(corpus_counts))
-    torch.manual_seed(cfg.seed + 1)
+    torch.manual_seed(cfg.seed + 1 + 7919 * rank)
     opts = cfg.head_options()
     opts.tokens = tokens
-    head = build_head(cfg.head, cfg.d_model, corpus_counts, opts)
+    head = build_head(cfg.head, cfg.d_model, corpus_counts, opts, vocab_parallel=vocab_parallel)
     torch.manual_seed(cfg.seed)
     model = build_lm(cfg.model, V, head, cfg.d_model, cfg.num_layers, cfg.dropout, cfg.tie, cfg.sparse,
                      max_len=max(cfg.seq_len, 1), num_heads=cfg.num_heads)

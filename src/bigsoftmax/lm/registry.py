@@ -22,7 +22,11 @@ import numpy as np
 import torch
 
 __all__ = ["HeadOptions", "HeadSpec", "HEADS", "build_head", "available_heads", "head_class", "HeadUnavailableError",
-           "make_sampler", "default_num_sampled", "default_cutoffs"]
+           "make_sampler", "default_num_sampled", "default_cutoffs", "VOCAB_PARALLEL_HEADS"]
+
+#: the heads ``--vocab-parallel`` trains, and their :mod:`bigsoftmax.parallel` classes
+VOCAB_PARALLEL_HEADS = {"full": "VocabParallelFullSoftmax", "sampled": "VocabParallelSampledSoftmax",
+                        "nce": "VocabParallelNCE"}
 
 
 class HeadUnavailableError(ValueError):
@@ -233,9 +237,19 @@ def available_heads() -> List[str]:
     return [n for n, s in HEADS.items() if getattr(H, s.class_name, None) is not None]
 
 
-def build_head(name: str, in_features: int, counts, opts: Optional[HeadOptions] = None):
-    """Construct head ``name`` for ``len(counts)`` frequency-sorted classes with ``in_features`` inputs."""
+def build_head(name: str, in_features: int, counts, opts: Optional[HeadOptions] = None, vocab_parallel: bool = False):
+    """Construct head ``name`` for ``len(counts)`` frequency-sorted classes with ``in_features`` inputs.
+
+    ``vocab_parallel``: the :mod:`bigsoftmax.parallel` class of ``name`` (one of :data:`VOCAB_PARALLEL_HEADS`),
+    this rank's block of the class rows; needs an initialised process group."""
     cls = head_class(name)
+    if vocab_parallel:
+        if name not in VOCAB_PARALLEL_HEADS:
+            raise ValueError(f"head {name!r} has no vocab-parallel version; vocab-parallel heads: "
+                             f"{', '.join(VOCAB_PARALLEL_HEADS)}")
+        from .. import parallel
+
+        cls = getattr(parallel, VOCAB_PARALLEL_HEADS[name])
     if not isinstance(in_features, int) or isinstance(in_features, bool) or in_features < 1:
         raise ValueError(f"in_features must be a positive int, got {in_features!r}")
     counts = np.asarray(counts)

@@ -155,11 +155,15 @@ class Trainer:
                                       "continue it, --overwrite to replace it, or choose another --out")
             check_can_write([self.out / n for n in RUN_FILES], overwrite, "--overwrite (or --resume)")
         self.cfg = cfg.validate()
+        if self.cfg.vocab_parallel and not self._vocab_parallel:
+            raise CLIError("this run trains with --vocab-parallel: launch it under torchrun, e.g. torchrun --standalone "
+                           "--nproc-per-node P -m bigsoftmax train --vocab-parallel ... (bigsoftmax.lm.scaleout)")
         self.on_step = on_step
-        self.progress = Progress("train", enabled=cfg.progress)
-        self._log = log or self.progress.message
+        self.progress = Progress("train", enabled=cfg.progress and self.rank == 0)
+        self._log = log or (self.progress.message if self.rank == 0 else (lambda text: None))
         # notices a user must see even with --quiet (stale lock / tmp files removed, flags applied on resume)
-        self._notice = log or (lambda text: print(text, file=sys.stderr, flush=True))
+        self._notice = log or ((lambda text: print(text, file=sys.stderr, flush=True)) if self.rank == 0
+                               else (lambda text: None))
         self.corpus = corpus if corpus is not None else load_corpus(cfg.corpus, **cfg.corpus_kwargs())
         V = len(self.corpus.vocab)
         if self.ckpt is not None:
@@ -175,7 +179,7 @@ class Trainer:
                                      "--resume needs the corpus the run was trained on")
             if self.ckpt["vocab_size"] != V:
                 raise ValueError(f"checkpoint vocabulary has {self.ckpt['vocab_size']} types but the corpus now gives {V}")
-        self.model = build_model(cfg, self.corpus.counts, tokens=self.corpus.train)
+        self.model = self._build_model()
         self.optimizer = self._make_optimizer()
         self.lanes = batchify(self.corpus.train, cfg.batch_size)
         self.batches_per_epoch = num_batches(self.lanes, cfg.seq_len)
@@ -186,7 +190,14 @@ class Trainer:
             self._restore(self.ckpt)
         self._stop_reason: Optional[str] = None
 
+    #: this process's rank; only rank 0 writes the run folder (see :mod:`bigsoftmax.lm.scaleout`)
+    rank = 0
+    _vocab_parallel = False
+
     # ------------------------------------------------------------------ setup
+    def _build_model(self):
+        return build_model(self.cfg, self.corpus.counts, tokens=self.corpus.train)
+
     def _make_optimizer(self):
         from ..optim import make_optimizer
 
@@ -214,8 +225,11 @@ class Trainer:
         self.rnn_state = ck.get("rnn_state")
 
     def _checkpoint(self, status: str) -> None:
+        save_atomic(self._checkpoint_dict(status), self.out / CHECKPOINT)
+
+    def _checkpoint_dict(self, status: str) -> Dict:
         self.state.status = status
-        ck = {
+        return {
             "format": CKPT_FORMAT,
             "config": asdict(self.cfg),
             "vocab_size": len(self.corpus.vocab),
@@ -228,7 +242,6 @@ class Trainer:
             "state": asdict(self.state),
             "rnn_state": self.rnn_state,
         }
-        save_atomic(ck, self.out / CHECKPOINT)
 
     # ------------------------------------------------------------------ budget
     def _budget_reached(self) -> Optional[str]:
@@ -301,10 +314,13 @@ class Trainer:
 
     def run(self) -> Dict:
         """Train under the folder's lock until a budget is reached or a stop signal; see the module docstring."""
-        lock = RunLock(self.out, log=self._notice)
-        lock.acquire()
+        lock = RunLock(self.out, log=self._notice) if self.rank == 0 else None
+        if lock is not None:
+            lock.acquire()
         try:
-            self._prepare_folder()
+            if lock is not None:
+                self._prepare_folder()
+            self._folder_ready()
             return self._run()
         finally:
             if self._tb is not None:
@@ -313,10 +329,22 @@ class Trainer:
             if self._history is not None:
                 self._history.close()
                 self._history = None
-            lock.release()
+            if lock is not None:
+                lock.release()
 
     _tb = None
     _history = None
+
+    def _folder_ready(self) -> None:
+        """Called on every rank once rank 0 has prepared the folder (a barrier under torchrun)."""
+
+    def _after_step(self, checkpoint_due: bool):
+        """``(stop, checkpoint_due)`` after a step (the ranks of a vocab-parallel run agree on both)."""
+        return bool(self._stop_reason), checkpoint_due
+
+    def _extra_metrics(self) -> Dict:
+        """More entries of ``metrics.json`` (a vocab-parallel run: world size, global head parameters)."""
+        return {}
 
     def _prepare_folder(self) -> None:
         """Under the lock: re-check the folder (another command may have started meanwhile), clear our stale tmp files."""
@@ -342,6 +370,8 @@ class Trainer:
 
     def _record(self, loss: float, dt: float, tok_s: float) -> None:
         s = self.state
+        if self._history is None:  # not the writing rank
+            return
         rec = {"step": s.step, "epoch": s.epoch, "tokens": s.tokens, "loss": loss, "step_time_s": dt,
                "train_time_s": s.train_time}
         self._history.write(json.dumps(rec) + "\n")
@@ -398,9 +428,10 @@ class Trainer:
                 self.progress.update(frac, s.tokens, tok_s, avg, eta)
                 if self.on_step is not None:
                     self.on_step(self)
-                if self._stop_reason:
+                stop, due = self._after_step(time.perf_counter() - last_ckpt >= cfg.checkpoint_every)
+                if stop:
                     break
-                if time.perf_counter() - last_ckpt >= cfg.checkpoint_every:
+                if due:
                     self._checkpoint("running")
                     last_ckpt = time.perf_counter()
         except KeyboardInterrupt:
@@ -454,11 +485,13 @@ class Trainer:
             "measured_steps": s.meas_steps,
             "measured_time_s": s.meas_time,
         }
+        metrics.update(self._extra_metrics())
         if self._tb is not None:
             self._tb.add_scalar("valid/ppl", ev["ppl"], s.step)
             self._tb.add_scalar("valid/nll", ev["nll"], s.step)
             self._tb.flush()
-        write_json_atomic(metrics, self.out / "metrics.json")
+        if self.rank == 0:
+            write_json_atomic(metrics, self.out / "metrics.json")
         self._log(f"valid perplexity {metrics['valid_ppl']:.2f} (exact, {ev['tokens']} tokens; unigram "
                   f"{metrics['unigram_ppl']:.1f}); {tok_s:,.0f} train tokens/s")
         return metrics

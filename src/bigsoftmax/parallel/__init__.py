@@ -5,6 +5,7 @@ See ``docs/parallel.md``. Data parallelism needs nothing from here: every head o
 """
 
 from . import _comm as comm  # noqa: F401  (counted collectives: comm.STATS)
+from ._autograd import gather_from_ranks
 from .launch import free_port, run_local
 from .partition import owner_of, partition, shard_range
 from .checkpoint import gather_checkpoint, shard_checkpoint
@@ -18,4 +19,4 @@ __all__ = ["partition", "shard_range", "owner_of", "run_local", "free_port", "co
            "VocabParallelFullSoftmax", "vocab_parallel_cross_entropy", "global_lse",
            "VocabParallelSampledSoftmax", "VocabParallelNCE", "VocabParallelSampledLogistic",
            "VocabParallelNegativeSampling", "VocabParallelArcFace", "VocabParallelCosFace",
-           "gather_checkpoint", "shard_checkpoint"]
+           "gather_checkpoint", "shard_checkpoint", "gather_from_ranks"]
