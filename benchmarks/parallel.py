@@ -216,8 +216,8 @@ def table(res: dict) -> str:
         f"{r['check_V']:,} (P={r['P']}: all-gather {r['naive_allgather_counted_at_check_V']:,} B counted vs "
         f"{r['naive_allgather_formula_at_check_V']:,} formula; DDP {r['ddp_replicated_counted_at_check_V']:,} B vs "
         f"{r['ddp_replicated_formula_at_check_V']:,})" for r in res["rows"]),
-        "", "*step time: measured on a loaded 2-core machine shared with other jobs, P processes on 2 cores "
-            "— not a speed figure."]
+        "", "*step time: P processes with 1 torch thread each on this machine's 2 cores — they do not scale "
+            "past 2 ranks here; a communication and memory benchmark, not a speed figure."]
     return "\n".join(lines)
 
 
