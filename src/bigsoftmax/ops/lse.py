@@ -202,9 +202,13 @@ def slice_logits2(x2: Tensor, W: Tensor, b: Optional[Tensor], s0: int, s1: int, 
     return z if p.cdt == p.acc else z.to(p.acc)
 
 
-def _exp2_shifted_(z: Tensor, shift: Tensor, y: Optional[Tensor], s0: int, s1: int, p: KernelParams) -> Tensor:
-    """In place ``z ← exp2(z − shift[:, None])``; with ``p.exclude_target`` the target entries are 0."""
-    z.sub_(shift[:, None]).exp2_()
+def _exp2_shifted_(z: Tensor, shift: Optional[Tensor], y: Optional[Tensor], s0: int, s1: int,
+                   p: KernelParams) -> Tensor:
+    """In place ``z ← exp2(z − shift[:, None])`` (``shift`` None: ``z`` is already shifted); with
+    ``p.exclude_target`` the target entries are 0."""
+    if shift is not None:
+        z.sub_(shift[:, None])
+    z.exp2_()
     if p.exclude_target:
         rows, cols = _target_in_slice(y, s0, s1)
         z[rows, cols] = 0.0
@@ -343,11 +347,8 @@ def dense_grads(x: Tensor, W: Tensor, b: Optional[Tensor], y: Optional[Tensor], 
             E = pick(E0)
             E.mul_(torch.exp2(pick(m2) - shift2)[:, None])
         elif neg_shift is not None:  # no bias: the row shift rides on the GEMM (one pass fewer over [R, chunk])
-            E = buf[:, : s1 - s0]
-            torch.addmm(neg_shift, x2, W[s0:s1].to(p.cdt).t(), out=E).exp2_()
-            if p.exclude_target:
-                tr, tc = _target_in_slice(yr, s0, s1)
-                E[tr, tc] = 0.0
+            z = torch.addmm(neg_shift, x2, W[s0:s1].to(p.cdt).t(), out=buf[:, : s1 - s0])
+            E = _exp2_shifted_(z, None, yr, s0, s1, p)
         else:
             E = _exp2_shifted_(slice_logits2(x2, W, b, s0, s1, p, buf), shift2, yr, s0, s1, p)
         _slice_grads(E, xs, W[s0:s1].to(p.cdt), sgn, p, gxr, out, s0, s1, accumulate)
