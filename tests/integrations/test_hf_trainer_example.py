@@ -2,27 +2,18 @@
 
 from __future__ import annotations
 
-import importlib.util
 import math
-from pathlib import Path
 
 import pytest
+
+from tests._examples import load_example
 
 pytest.importorskip("transformers", reason="optional extra 'transformers' not installed")
 pytest.importorskip("accelerate", reason="transformers' Trainer needs accelerate (installed with the extra)")
 
-EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "hf_trainer.py"
-
-
-def load_example():
-    spec = importlib.util.spec_from_file_location("hf_trainer_example", EXAMPLE)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
-
 
 def test_hf_trainer_example_tiny_run(tmp_path, capsys):
-    ex = load_example()
+    ex = load_example("hf_trainer.py")
     out = ex.main(["--max-steps", "3", "--lines", "2000", "--vocab-size", "300", "--num-sampled", "32",
                    "--d-model", "32", "--layers", "1", "--generate", "5", "--out", str(tmp_path)])
     printed = capsys.readouterr().out
@@ -33,7 +24,7 @@ def test_hf_trainer_example_tiny_run(tmp_path, capsys):
 
 
 def test_hf_trainer_example_rejects_bad_flags():
-    ex = load_example()
+    ex = load_example("hf_trainer.py")
     with pytest.raises(SystemExit):
         ex.parse_args(["--max-steps", "0"])
     with pytest.raises(SystemExit):

@@ -3,25 +3,16 @@ OneCycleLR under ``lightning.Trainer`` (optional extra: skipped without lightnin
 
 from __future__ import annotations
 
-import importlib.util
 import math
-from pathlib import Path
 
 import pytest
 import torch
 
+from tests._examples import load_example
+
 L = pytest.importorskip("lightning", reason="lightning is an optional extra (pip install lightning)")
 
 from bigsoftmax.optim import CombinedOptimizer  # noqa: E402
-
-EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "lightning_lm.py"
-
-
-def _example():
-    spec = importlib.util.spec_from_file_location("lightning_lm", EXAMPLE)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
 
 
 def _trainer(**kw):
@@ -30,7 +21,7 @@ def _trainer(**kw):
 
 
 def test_fast_dev_run_trains_sparse_head_with_combined_optimizer():
-    ex = _example()
+    ex = load_example("lightning_lm.py")
     train, val = ex.loaders(ex.markov_corpus(V=200, n=3000), batch_size=16)
     model = ex.LitLM(vocab_size=200, d=16, num_sampled=16, total_steps=10)
     before = {"head": model.head.weight.detach().clone(), "emb": model.emb.weight.detach().clone(),
@@ -51,7 +42,7 @@ def test_fast_dev_run_trains_sparse_head_with_combined_optimizer():
 
 
 def test_scheduler_steps_every_part_under_the_trainer():
-    ex = _example()
+    ex = load_example("lightning_lm.py")
     train, _ = ex.loaders(ex.markov_corpus(V=100, n=2000), batch_size=16)
     model = ex.LitLM(vocab_size=100, d=8, num_sampled=8, total_steps=6)
     trainer = _trainer(max_steps=3, limit_val_batches=0)
