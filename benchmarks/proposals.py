@@ -85,13 +85,13 @@ def _rows(corpus, N: int, seed: int = 0):
 def _samplers(corpus, train, per_row: int = 32):
     counts = torch.as_tensor(corpus.counts.astype("float64")).clamp_min(1.0)
     V = counts.numel()
+    bigram = S.Bigram(V, train, unigram_counts=counts, unique=False)  # as the LM job draws it (with replacement)
     return {
         "log_uniform": S.LogUniform(V),
         "unigram": S.Unigram(counts, distortion=0.75),
-        # as the LM job draws it (registry: with replacement), and TF's unique semantics per row
-        "bigram": S.Bigram(V, train, unigram_counts=counts, unique=False),
-        "bigram (unique=True)": S.Bigram(V, train, unigram_counts=counts, unique=True),
-        f"mixed (R={per_row})": S.Mixed(S.LogUniform(V), S.Bigram(V, train, unigram_counts=counts, unique=False), per_row),
+        "bigram": bigram,
+        "bigram (unique=True)": S.Bigram(V, train, unigram_counts=counts, unique=True),  # TF's semantics per row
+        f"mixed (R={per_row})": S.Mixed(S.LogUniform(V), bigram, per_row),  # the same bigram tables, built once
     }
 
 
