@@ -103,9 +103,7 @@ class VocabParallelTrainer(Trainer):
         hidden = gather_from_ranks(h.contiguous())
         target = torch.cat(comm.all_gather(y[s:e].contiguous()), dim=0)
         loss = model.head(hidden, target)
-        if not torch.isfinite(loss):
-            raise FloatingPointError(f"training loss became {float(loss)} at step {self.state.step}; "
-                                     "lower --lr or check the head")
+        self._check_loss(loss)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         if cfg.clip > 0:

@@ -296,13 +296,17 @@ class Trainer:
             signal.signal(sig, h)
 
     # ------------------------------------------------------------------ loop
+    def _check_loss(self, loss: torch.Tensor) -> None:
+        """FloatingPointError when the training loss is not finite (the step's gradients would be junk)."""
+        if not torch.isfinite(loss):
+            raise FloatingPointError(f"training loss became {float(loss)} at step {self.state.step}; "
+                                     "lower --lr or check the head")
+
     def _step(self, x: torch.Tensor, y: torch.Tensor) -> float:
         model, cfg = self.model, self.cfg
         state = model.detach_state(self.rnn_state)
         loss, new_state = model.loss(x, y, state)
-        if not torch.isfinite(loss):
-            raise FloatingPointError(f"training loss became {float(loss)} at step {self.state.step}; "
-                                     "lower --lr or check the head")
+        self._check_loss(loss)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         if cfg.clip > 0:
