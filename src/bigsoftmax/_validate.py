@@ -104,6 +104,42 @@ def device_checks() -> bool:
     return _MODE == "device"
 
 
+# ============================================================================ host-sync-free paths
+_FORCE_SYNC_FREE = False
+
+
+def sync_free(t: Optional[Tensor] = None) -> bool:
+    """True when a training step must not read device data on the host (issue 13 item 2).
+
+    On an accelerator a host read (``bool(t)``, ``int(t)``, ``.tolist()``, ``nonzero``, ``unique``
+    sizing an output from the data, …) stalls the host until the device catches up, every step.
+    On CPU nothing waits, so the kernels keep their data-dependent fast paths there (skipping
+    work for rows that need none, compacting the hit pairs); on any other device, and under
+    ``torch.compile``, they take the fixed-shape paths instead, which give the same numbers.
+    Tests force the fixed-shape paths on CPU with :class:`force_sync_free` to check both their
+    numbers and that they make no host sync (``tests/_host_sync.py``).
+    """
+    if _FORCE_SYNC_FREE or torch.compiler.is_compiling():
+        return True
+    return t is not None and t.device.type != "cpu"
+
+
+class force_sync_free:
+    """Context manager (tests): take the host-sync-free paths on CPU too."""
+
+    def __init__(self, on: bool = True):
+        self.on = bool(on)
+
+    def __enter__(self) -> "force_sync_free":
+        global _FORCE_SYNC_FREE
+        self._prev, _FORCE_SYNC_FREE = _FORCE_SYNC_FREE, self.on
+        return self
+
+    def __exit__(self, *exc) -> None:
+        global _FORCE_SYNC_FREE
+        _FORCE_SYNC_FREE = self._prev
+
+
 def assert_ids_in_range(ids: Tensor, lo: int, hi: int, name: str, allowed: Optional[int] = None) -> None:
     """Device-side assert (no host sync) that ``ids`` lie in ``[lo, hi)`` (or equal ``allowed``)."""
     ok = (ids >= lo) & (ids < hi)
@@ -136,6 +172,8 @@ __all__ = [
     "host_checks",
     "device_checks",
     "assert_ids_in_range",
+    "sync_free",
+    "force_sync_free",
     "REDUCTIONS",
     "check_reduction",
     "check_choice",

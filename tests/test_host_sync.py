@@ -1,0 +1,126 @@
+"""No host synchronisation in a training step (issue 13 item 2: "CUDA-ready").
+
+A host sync (``bool(t)``, ``int(t)``, ``.tolist()``, ``nonzero``, ``unique``, …) stalls an accelerator's
+host every step. The kernels take their fixed-shape paths on any non-CPU device (``_validate.sync_free``);
+``force_sync_free`` makes them take those paths on CPU, where ``tests/_host_sync.count_host_syncs``
+sees every host read through the dispatcher, backward included. Each case checks two things:
+
+* the count of host syncs of one forward + backward under ``validation("off")`` and ``("device")``
+  is the head's budget (0, except where a sync is inherent: see ``BUDGET``);
+* the fixed-shape path gives the CPU path's loss and gradients (float64, 1e-10).
+"""
+
+import pytest
+import torch
+
+import bigsoftmax
+from bigsoftmax import heads as H
+from bigsoftmax._validate import force_sync_free
+
+from ._host_sync import count_host_syncs
+
+V, D, N = 50, 8, 12
+
+
+def _counts():
+    return torch.arange(V, 0, -1).double()
+
+
+HEADS = {
+    "SampledSoftmax": lambda: H.SampledSoftmax(D, V, num_sampled=10, seed=0),
+    "SampledSoftmax-sparse": lambda: H.SampledSoftmax(D, V, num_sampled=10, seed=0, sparse=True),
+    "SampledSoftmax-replacement": lambda: H.SampledSoftmax(D, V, num_sampled=10, seed=0,
+                                                            sampler=bigsoftmax.samplers.LogUniform(V, unique=False)),
+    "NCE": lambda: H.NCE(D, V, num_sampled=10, seed=0),
+    "NegativeSampling": lambda: H.NegativeSampling(D, V, num_sampled=10, counts=_counts(), seed=0),
+    "FullSoftmax": lambda: H.FullSoftmax(D, V),
+    "FullSoftmax-smoothing": lambda: H.FullSoftmax(D, V, label_smoothing=0.1),
+    "SelfNormalizedSoftmax": lambda: H.SelfNormalizedSoftmax(D, V),
+    "AdaptiveSoftmax": lambda: H.AdaptiveSoftmax(D, V, cutoffs=[10, 30], div_value=2.0),
+    "HierarchicalSoftmax": lambda: H.HierarchicalSoftmax(D, _counts()),
+    "HierarchicalSoftmax-arity4": lambda: H.HierarchicalSoftmax(D, _counts(), arity=4),
+    "ClassBasedSoftmax": lambda: H.ClassBasedSoftmax(D, _counts()),
+    "ArcFace": lambda: H.ArcFace(D, V),
+    "CosFace": lambda: H.CosFace(D, V),
+}
+
+#: host syncs a training step may make, where one is inherent (say why)
+BUDGET = {
+    # rows go to the tail their target falls in: the tails' row counts size the tail GEMMs, one
+    # .tolist() of n_clusters + 1 ints per step (torch.nn.AdaptiveLogSoftmaxWithLoss needs one per tail)
+    "AdaptiveSoftmax": 1,
+}
+
+#: cases not yet sync-free (each entry is work left; strict, so a fixed one must leave this set)
+NOT_YET = set(HEADS)
+
+
+def _make(name):
+    torch.manual_seed(0)
+    return HEADS[name]().double()
+
+
+def _batch(ignore):
+    g = torch.Generator().manual_seed(1)
+    h = torch.randn(N, D, generator=g, dtype=torch.float64).requires_grad_()
+    y = torch.randint(0, V, (N,), generator=g)
+    if ignore:
+        y[[1, 5]] = -100
+    return h, y
+
+
+def _step(name, ignore, mode, sync_free):
+    head = _make(name)
+    h, y = _batch(ignore)
+    with bigsoftmax.validation(mode), force_sync_free(sync_free), count_host_syncs() as syncs:
+        loss = head(h, y)
+        loss.backward()
+    grads = [h.grad] + [p.grad.to_dense() if p.grad.is_sparse else p.grad for p in head.parameters()
+                        if p.grad is not None]
+    return loss.detach(), grads, syncs
+
+
+@pytest.mark.parametrize("mode", ["off", "device"])
+@pytest.mark.parametrize("ignore", [False, True], ids=["all-kept", "ignored-rows"])
+@pytest.mark.parametrize("name", sorted(HEADS))
+def test_training_step_makes_no_host_sync(name, ignore, mode, request):
+    if name in NOT_YET:
+        request.applymarker(pytest.mark.xfail(strict=True, reason="not yet sync-free"))
+    *_, syncs = _step(name, ignore, mode, True)
+    assert len(syncs) <= BUDGET.get(name, 0), "\n".join(f"{op}: {where}" for op, where in syncs)
+
+
+@pytest.mark.parametrize("ignore", [False, True], ids=["all-kept", "ignored-rows"])
+@pytest.mark.parametrize("name", sorted(HEADS))
+def test_sync_free_path_gives_the_cpu_path_numbers(name, ignore):
+    loss0, g0, _ = _step(name, ignore, "eager", False)
+    loss1, g1, _ = _step(name, ignore, "eager", True)
+    torch.testing.assert_close(loss1, loss0, rtol=1e-10, atol=1e-12)
+    assert len(g0) == len(g1)
+    for a, b in zip(g0, g1):
+        torch.testing.assert_close(b, a, rtol=1e-10, atol=1e-12)
+
+
+def test_counter_sees_host_reads_in_backward_and_python():
+    """The counter itself: it must see a bool() inside a custom backward and a .tolist()."""
+
+    class F(torch.autograd.Function):
+        @staticmethod
+        def forward(ctx, x):
+            return x * 2
+
+        @staticmethod
+        def backward(ctx, g):
+            bool(g.sum() > 0)
+            return g * 2
+
+    x = torch.randn(4, requires_grad=True)
+    with count_host_syncs() as syncs:
+        y = F.apply(x)
+        y.tolist()
+        x[x > 0]
+        torch.unique(x)
+        y.sum().backward()
+    ops = [op for op, _ in syncs]
+    assert ops.count("_local_scalar_dense") == 1 and "tolist" in ops and "_unique2" in ops
+    assert any(op.startswith("index") for op in ops)
