@@ -34,7 +34,7 @@ import torch
 from torch import Tensor, nn
 
 from .._docs import fill_doc
-from .._validate import (check_float_tensor, check_ignore_index, check_module_not_meta, check_not_meta,
+from .._validate import (sync_free, check_float_tensor, check_ignore_index, check_module_not_meta, check_not_meta,
                          check_reduction, check_target)
 from ..ops.lse import linear_logsumexp
 from ..ops.reduce import reduce_loss
@@ -176,8 +176,9 @@ class Head(nn.Module):
         """
         h, y = self._flat_pair(hidden, target)
         keep = y != self.ignore_index
-        if torch.compiler.is_compiling():
-            # no host sync under torch.compile: score every row (ignored ones on class 0), mask after
+        if sync_free(h):
+            # no host sync (accelerators, torch.compile): score every row (ignored ones on class 0),
+            # mask after; costs the ignored rows' work instead of a device->host read of `keep`
             ys = torch.where(keep, y, torch.zeros_like(y))
             per = self._loss(h, ys) if self.training else -self._target_log_prob(h, ys)
             return masked_reduce(per, keep, target.shape, self.reduction)
@@ -239,6 +240,10 @@ class Head(nn.Module):
         h, y = self._flat_pair(hidden, target)
         keep = y != self.ignore_index
         out = h.new_zeros(y.shape[0], dtype=torch.promote_types(h.dtype, torch.float32))
+        if sync_free(h):
+            ys = torch.where(keep, y, torch.zeros_like(y))
+            lp = self._target_log_prob(h, ys).to(out.dtype)
+            return torch.where(keep, lp, out).reshape(target.shape)
         if bool(keep.any()):
             out[keep] = self._target_log_prob(h[keep], y[keep]).to(out.dtype)
         return out.reshape(target.shape)
