@@ -124,3 +124,18 @@ def test_counter_sees_host_reads_in_backward_and_python():
     ops = [op for op, _ in syncs]
     assert ops.count("_local_scalar_dense") == 1 and "tolist" in ops and "_unique2" in ops
     assert any(op.startswith("index") for op in ops)
+
+
+def test_diagnostics_counter_forces_the_accelerator_paths_and_checks_its_argument():
+    from bigsoftmax import _validate
+    from bigsoftmax.diagnostics import count_host_syncs as public
+
+    with public() as syncs:
+        assert _validate.sync_free()
+    assert syncs == [] and not _validate.sync_free()
+    with force_sync_free(), public(sync_free=None):
+        assert _validate.sync_free()
+    with public(sync_free=False):
+        assert not _validate.sync_free()
+    with pytest.raises(TypeError, match="sync_free must be a bool or None"):
+        public(sync_free="yes")

@@ -12,9 +12,9 @@ from . import _compat  # noqa: E402
 
 _compat.install()
 
-from . import functional, heads, optim, samplers, vocab  # noqa: E402,F401
+from . import diagnostics, functional, heads, optim, samplers, vocab  # noqa: E402,F401
 from ._validate import get_validation, set_validation, validation  # noqa: E402
 from .vocab import FrequencyOrder, smooth_counts  # noqa: E402,F401
 
-__all__ = ["functional", "heads", "optim", "samplers", "vocab", "FrequencyOrder", "smooth_counts", "set_validation",
+__all__ = ["diagnostics", "functional", "heads", "optim", "samplers", "vocab", "FrequencyOrder", "smooth_counts", "set_validation",
            "get_validation", "validation", "__version__"]
