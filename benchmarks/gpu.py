@@ -11,6 +11,11 @@ state), so both copies draw the same candidates. A training step's loss and the 
 states and of every parameter must agree to ``--rtol`` / ``--atol`` (default 1e-4 / 1e-5: fp32 against
 fp64). Exit status 1 when a check fails.
 
+Host syncs (both modes, reported, not a pass/fail): one training step per head under
+``validation("device")``, counted by ``bigsoftmax.diagnostics.count_host_syncs`` (the accelerator
+paths; forced on CPU) and, on CUDA, by ``torch.cuda.set_sync_debug_mode("warn")``; each sync is
+printed with the source line that made it. ``tests/test_host_sync.py`` holds the per-head budgets.
+
 Timing (CUDA only, P1): forward + backward of the output layer, CUDA-event timed median of ``--repeats``
 steps after a warm-up, for
 - ``roofline``: the three GEMMs an exact step cannot avoid (``x W^T``, ``Z W``, ``Z^T x``), full-vocabulary;
@@ -34,7 +39,9 @@ import torch
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "src"))
 
+import bigsoftmax  # noqa: E402
 from bigsoftmax import heads as H  # noqa: E402
+from bigsoftmax.diagnostics import count_host_syncs  # noqa: E402
 
 V_CHECK, D_CHECK, N_CHECK, S_CHECK = 300, 16, 24, 32
 
@@ -83,6 +90,37 @@ def check_head(name: str, device: torch.device, rtol: float, atol: float) -> dic
         errs["grad_" + n] = float((b - a).abs().max()) if a.numel() else 0.0
         ok = ok and torch.allclose(b, a, rtol=rtol, atol=atol)
     return {"head": name, "device": str(device), "ok": bool(ok), "max_abs_err": max(errs.values())}
+
+
+def count_syncs(name: str, device: torch.device) -> dict:
+    """Host syncs of one training step (after a warm-up step) under ``validation("device")``.
+
+    Counted by :class:`bigsoftmax.diagnostics.count_host_syncs` (the accelerator paths, forced on CPU);
+    on CUDA also by ``torch.cuda.set_sync_debug_mode("warn")``, which sees every real device->host wait.
+    """
+    import warnings
+
+    torch.manual_seed(0)
+    head = HEADS[name](D_CHECK, V_CHECK).to(device)
+    g = torch.Generator().manual_seed(2)
+    h = torch.randn(N_CHECK, D_CHECK, generator=g).to(device)
+    y = torch.randint(0, V_CHECK, (N_CHECK,), generator=g).to(device)
+    _step(head, h, y)
+    cuda_waits = None
+    with bigsoftmax.validation("device"), count_host_syncs(sync_free=True) as syncs:
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always")
+                torch.cuda.set_sync_debug_mode("warn")
+                try:
+                    _step(head, h, y)
+                finally:
+                    torch.cuda.set_sync_debug_mode("default")
+            cuda_waits = sum("synchroniz" in str(w.message) for w in caught)
+        else:
+            _step(head, h, y)
+    return {"head": name, "syncs": len(syncs), "cuda_sync_warnings": cuda_waits, "sites": [str(s) for s in syncs]}
 
 
 # ----------------------------------------------------------------------------- P1 timing (CUDA)
@@ -181,6 +219,12 @@ def main(argv=None) -> int:
     print(f"checks: fp32 on {dev} vs float64 on cpu (rtol={a.rtol}, atol={a.atol}), V={V_CHECK} d={D_CHECK} N={N_CHECK}")
     for r in checks:
         print(f"  {r['head']:<24} {'ok' if r['ok'] else 'FAIL'}  max_abs_err={r['max_abs_err']:.3g}")
+    syncs = [count_syncs(n, dev) for n in names]
+    print(f"host syncs of one training step on {dev} (validation='device'; the accelerator paths"
+          + (", forced on CPU)" if dev.type == "cpu" else "; and CUDA sync-debug warnings)"))
+    for r in syncs:
+        cw = "" if r["cuda_sync_warnings"] is None else f"  cuda sync warnings={r['cuda_sync_warnings']}"
+        print(f"  {r['head']:<24} {r['syncs']}{cw}" + "".join(f"\n      {s}" for s in r["sites"]))
     timing = []
     if dev.type == "cuda" and not (a.quick or a.no_timing):
         timing = time_p1(a.V, a.d, a.B, a.S, a.repeats)
@@ -191,7 +235,7 @@ def main(argv=None) -> int:
         print("P1 timing skipped: needs CUDA")
     if a.json:
         with open(a.json, "w") as f:
-            json.dump({"checks": checks, "timing": timing}, f, indent=1)
+            json.dump({"checks": checks, "syncs": syncs, "timing": timing}, f, indent=1)
     return 0 if all(r["ok"] for r in checks) else 1
 
 

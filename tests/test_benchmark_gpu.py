@@ -17,6 +17,10 @@ def test_gpu_benchmark_cpu_mode_checks_every_head(tmp_path):
     checks = json.loads(out.read_text())["checks"]
     assert len(checks) >= 10 and all(c["ok"] for c in checks), checks
     assert all(0 <= c["max_abs_err"] < 1e-4 for c in checks)
+    syncs = json.loads(out.read_text())["syncs"]  # the host-sync report: one row per head, sites named
+    assert [s["head"] for s in syncs] == [c["head"] for c in checks]
+    assert all(s["syncs"] == len(s["sites"]) and s["cuda_sync_warnings"] is None for s in syncs)
+    assert all(":" in site for s in syncs for site in s["sites"])
 
 
 def test_gpu_benchmark_reports_a_failed_check():
