@@ -45,6 +45,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .. import functional as BF
+from .._validate import sync_free
 from .._validate import check_int as _check_int
 from .._validate import check_real as _check_float
 from ..ops.lse import linear_cross_entropy, linear_logsumexp
@@ -123,8 +124,14 @@ def sphere_psi(cos: Tensor, m: int) -> Tensor:
     return sign * chebyshev_cos(c, m) - 2.0 * k
 
 
-def large_margin_cos(cos: Tensor, m: int, lam: float = 0.0) -> Tensor:
-    """L-Softmax / A-Softmax target "cosine" ``(λ cos θ + ψ_m(θ)) / (1 + λ)`` (λ >= 0 anneals the margin)."""
+def large_margin_cos(cos: Tensor, m: int, lam: Union[float, Tensor] = 0.0) -> Tensor:
+    """L-Softmax / A-Softmax target "cosine" ``(λ cos θ + ψ_m(θ)) / (1 + λ)`` (λ >= 0 anneals the margin).
+
+    ``lam`` may be a 0-dim tensor (an annealed λ computed on the device, not checked: no host read).
+    """
+    if isinstance(lam, Tensor):
+        psi = sphere_psi(cos, m)
+        return (lam * cos.clamp(-1.0, 1.0) + psi) / (1.0 + lam)
     lam = _check_float("lam", lam, 0.0)
     psi = sphere_psi(cos, m)
     if lam == 0.0:
@@ -285,6 +292,11 @@ class LambdaSchedule:
 
     def __call__(self, iteration: int) -> float:
         return max(self.lambda_min, self.base * (1.0 + self.gamma * float(iteration)) ** (-self.power))
+
+    def at(self, iteration: Tensor) -> Tensor:
+        """``λ_t`` of a 0-dim iteration tensor, computed on its device in float64 (no host read)."""
+        t = iteration.to(torch.float64)
+        return (self.base * (1.0 + self.gamma * t) ** (-self.power)).clamp(min=self.lambda_min)
 
 
 # ============================================================================ shared module plumbing
@@ -520,6 +532,12 @@ class _AnnealedMixin:
         return large_margin_cos(cos, self.m, self.current_lambda())
 
     def _step_margin(self) -> MarginFn:
+        if isinstance(self.lambda_schedule, LambdaSchedule) and sync_free(self.iteration):
+            # accelerators / compile: λ from the iteration buffer on the device, not int(iteration)
+            with torch.no_grad():
+                self.iteration += 1
+                lam = self.lambda_schedule.at(self.iteration)
+            return functools.partial(large_margin_cos, m=self.m, lam=lam)
         lam = self.current_lambda()
         with torch.no_grad():
             self.iteration += 1
