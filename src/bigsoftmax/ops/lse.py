@@ -102,7 +102,8 @@ _RECOMPUTE_MAX_IN = 64
 #: 64 MiB is the size where storing still pays off: a buffer this size is already far out of cache,
 #: so re-reading it costs about what rescoring it costs, while the GEMM saved shrinks with it; and it
 #: is a fixed cap next to the ``[V, d]`` weight gradient every dense step holds anyway. Larger
-#: batches recompute (one GEMM more); ``recompute=False`` still stores at any size.
+#: batches recompute (one GEMM more); ``recompute=False`` still stores at any size. (The backward
+#: rescales a copy of the stored buffer, so a step holds at most twice this transiently.)
 _STORED_MAX_BYTES = 64 * 2**20
 
 
@@ -668,6 +669,13 @@ class _LinearCrossEntropy(torch.autograd.Function):
                 None if grads.gb is None else grads.gb.to(b.dtype), None, None, None)
 
 
+def _default_stored(rows: int, num_classes: int, in_features: int, cdt: torch.dtype) -> bool:
+    """The lse's default mode: stored exponentials only for inputs wider than ``_RECOMPUTE_MAX_IN``
+    whose ``[rows, V]`` buffer fits ``_STORED_MAX_BYTES``; recompute otherwise (issue 11)."""
+    nbytes = rows * num_classes * (torch.finfo(cdt).bits // 8)
+    return in_features > _RECOMPUTE_MAX_IN and nbytes <= _STORED_MAX_BYTES
+
+
 def _wants_grad(*ts) -> bool:
     return torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in ts)
 
@@ -874,9 +882,12 @@ def linear_logsumexp(
         target: int64 class ids, or None (then ``z_y`` is None).
         chunk_size: classes per vocabulary slice (default :func:`default_chunk_size`).
         recompute: keep only ``lse`` and rescore the slices in the backward (O(N · chunk) memory, one
-            GEMM more); ``False`` keeps ``exp(z − max)`` ``[N, V]`` instead (three GEMMs). Default: True
-            for inputs at most 64 wide (memory-bound GEMMs), else False. Without grad the forward
-            always streams over slices.
+            GEMM more); ``False`` keeps ``exp(z − max)`` ``[N, V]`` instead (three GEMMs), at any
+            size. Default (None): store only when the ``[N, V]`` buffer fits 64 MiB
+            (``_STORED_MAX_BYTES``) and the input is wider than 64 (narrower ones have memory-bound
+            GEMMs, where rescoring cache-sized slices wins anyway); otherwise recompute, so the
+            default training memory is O(N · chunk) plus that fixed cap, never O(N · V). Without
+            grad the forward always streams over slices.
         exclude_target: leave the target class out of the normaliser (needs ``target``).
 
     Shape:
@@ -914,7 +925,7 @@ def linear_logsumexp(
             lse = lse2_of(*local_row_stats(x.to(cdt) * LOG2E, weight, bias, p, y)) * LN2
             zt = target_logit(x, weight, bias, y, p) if (y is not None and not exclude_target) else None
     else:
-        stored = (d > _RECOMPUTE_MAX_IN) if recompute is None else not recompute
+        stored = _default_stored(x.shape[0], V, d, cdt) if recompute is None else not recompute
         stored = stored and cdt == acc
         if stored:
             p = replace(p, chunk=V)
