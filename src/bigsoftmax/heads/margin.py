@@ -43,6 +43,7 @@ from typing import Callable, Optional, Sequence, Union
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.autograd.function import once_differentiable
 
 from .. import functional as BF
 from .._validate import sync_free
@@ -91,6 +92,53 @@ def _acc(dtype: torch.dtype) -> torch.dtype:
 def _normalize(x: Tensor, eps: float) -> Tensor:
     """Unit rows ``x / max(‖x‖, eps)`` in fp32+ (a zero row stays 0: no NaN, also for fp16 inputs)."""
     return F.normalize(x.to(_acc(x.dtype)), dim=-1, eps=eps)
+
+
+#: bytes of the row blocks :class:`_NormalizeRows` runs its backward in (bounds its temporaries)
+_NORMALIZE_BLOCK_BYTES = 8 * 2**20
+
+
+class _NormalizeRows(torch.autograd.Function):
+    """``F.normalize(w, dim=1, eps)`` of a ``[V, d]`` class matrix with a lean backward (issue 11).
+
+    The same forward bits as :func:`_normalize`. Autograd's backward of ``F.normalize`` materialises
+    about four ``[V, d]`` temporaries at once (the division's two gradients, their products, the
+    norm's gradient); at V = 10⁶ classes each is as large as the weight itself. Here
+    ``grad_w = (g − ŵ (ŵ · g)) / ‖w‖`` (``g / eps`` for rows shorter than ``eps``) is written into
+    one new ``[V, d]`` tensor in row blocks of ~8 MiB, reusing the unit rows the softmax kernel keeps
+    anyway: the backward holds one ``[V, d]`` buffer beyond the incoming gradient.
+    """
+
+    @staticmethod
+    def forward(ctx, w: Tensor, eps: float) -> Tensor:
+        wa = w.to(_acc(w.dtype))
+        c = wa.norm(dim=1, keepdim=True).clamp_min(eps)
+        out = wa / c.expand_as(wa)
+        ctx.in_dtype = w.dtype
+        ctx.eps = eps
+        ctx.save_for_backward(out, c)
+        return out
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, g: Tensor):
+        out, c = ctx.saved_tensors
+        grad = torch.empty_like(out)
+        proj = c > ctx.eps  # rows whose norm is above eps: the clamp passes the gradient
+        rows = max(1, _NORMALIZE_BLOCK_BYTES // max(1, out.shape[1] * out.element_size()))
+        for s0 in range(0, out.shape[0], rows):
+            s1 = min(out.shape[0], s0 + rows)
+            o, gs = out[s0:s1], g[s0:s1].to(out.dtype)
+            dot = torch.where(proj[s0:s1], (o * gs).sum(dim=1, keepdim=True), torch.zeros((), dtype=o.dtype))
+            torch.div(gs - o * dot, c[s0:s1], out=grad[s0:s1])
+        return grad.to(ctx.in_dtype), None
+
+
+def _normalize_rows(w: Tensor, eps: float) -> Tensor:
+    """:func:`_normalize` of a class matrix, with :class:`_NormalizeRows`' lean backward under grad."""
+    if torch.is_grad_enabled() and w.requires_grad:
+        return _NormalizeRows.apply(w, eps)
+    return _normalize(w, eps)
 
 
 # ============================================================================ margin functions (the math)
@@ -203,7 +251,8 @@ def margin_softmax_loss(
     The logsumexp over the V − 1 other classes is the library's streaming kernel
     (:func:`bigsoftmax.ops.lse.linear_logsumexp` with ``exclude_target=True``): exact, and its
     backward rescores class slices, so the extra memory is O(N · chunk) plus the normalised
-    ``[V, d]`` weights (when ``normalize_weights``) — never the [N, V] logits.
+    ``[V, d]`` weights (when ``normalize_weights``, with a backward that holds one more ``[V, d]``
+    buffer, :class:`_NormalizeRows`) — never the [N, V] logits.
 
     ``margin_fn`` maps ``cos θ_y`` to the margin-penalised cosine (e.g.
     ``functools.partial(arc_margin_cos, m=0.5)``); the identity gives the plain (normalised) softmax.
@@ -215,7 +264,7 @@ def margin_softmax_loss(
     w_y = _normalize(w_y, eps) if normalize_weights else w_y.to(acc)
     score = (x * w_y).sum(-1)
     zt = _target_logit(score, x.norm(dim=-1), w_norm, margin_fn, scale, normalize_features, normalize_weights, eps)
-    w = _normalize(weight, eps) if normalize_weights else weight
+    w = _normalize_rows(weight, eps) if normalize_weights else weight
     # logsumexp over the other classes, streamed by the one kernel (O(N · chunk) memory under autograd)
     rest, _ = linear_logsumexp(x * scale, w, None, target, chunk_size=chunk, recompute=True, exclude_target=True)
     return torch.logaddexp(rest, zt.to(rest.dtype)) - zt.to(rest.dtype)
