@@ -2,7 +2,8 @@
 
 At V = 10⁶ classes every ``[V, d]`` temporary is as large as the weight; autograd's backward of
 ``F.normalize`` makes about four of them. ``heads.margin._NormalizeRows`` must give the same forward
-bits and gradients (float64) and allocate a single ``[V, d]`` tensor in its backward.
+bits and gradients (float64) and allocate a single ``[V, d]`` tensor in its backward (none when it may reuse the incoming one);
+``heads.margin._GatherRows`` gives the target rows a sparse gradient (no dense zeros + index_add).
 """
 
 import torch
@@ -51,6 +52,21 @@ def test_same_numbers_as_f_normalize():
     assert torch.autograd.gradcheck(lambda w: _NormalizeRows.apply(w, 1e-12), (w[5:12].clone().requires_grad_(),))
 
 
+def test_in_place_backward_same_numbers():
+    """``reuse_grad``: the backward writes into a fresh incoming gradient, same numbers; an expanded
+    (non-contiguous) incoming gradient is left alone."""
+    w, g = _rows()
+    outs = []
+    for reuse in (False, True):
+        t = w.clone().requires_grad_()
+        outs.append(torch.autograd.grad(_NormalizeRows.apply(t, 1e-12, reuse), t, g.clone())[0])
+    torch.testing.assert_close(outs[1], outs[0], rtol=0, atol=0)
+    t = w.clone().requires_grad_()
+    (ge,) = torch.autograd.grad(_NormalizeRows.apply(t, 1e-12, True).sum(), t)  # upstream: an expanded 1
+    torch.testing.assert_close(ge, torch.autograd.grad(F.normalize(t, dim=-1, eps=1e-12).sum(), t)[0],
+                               rtol=1e-12, atol=1e-12 * ge.abs().max().item())
+
+
 def test_backward_allocates_one_v_by_d_tensor(monkeypatch):
     import bigsoftmax.heads.margin as Mg
 
@@ -68,21 +84,24 @@ def test_backward_allocates_one_v_by_d_tensor(monkeypatch):
 
 
 def test_arcface_dense_trains_through_it():
+    """Autograd's F.normalize + index_select give the same gradients (repeated targets included)."""
+    torch.manual_seed(0)
     head = H.ArcFace(8, 40).double()
     x = torch.randn(6, 8, dtype=torch.float64, requires_grad=True)
-    y = torch.randint(0, 40, (6,))
+    y = torch.tensor([3, 7, 3, 0, 39, 7])
     ref = head.weight.detach().clone().requires_grad_()
     head(x, y).backward()
     # the same loss with autograd's F.normalize
     from bigsoftmax.heads.margin import arc_margin_cos, margin_softmax_loss
     import bigsoftmax.heads.margin as Mg
-    orig = Mg._normalize_rows
-    Mg._normalize_rows = lambda w, eps: Mg._normalize(w, eps)
+    orig = Mg._normalize_rows, Mg._gather_rows
+    Mg._normalize_rows = lambda w, eps, reuse_grad=False: Mg._normalize(w, eps)
+    Mg._gather_rows = lambda w, idx: w.index_select(0, idx)
     try:
         x2 = x.detach().clone().requires_grad_()
         margin_softmax_loss(x2, ref, y, lambda c: arc_margin_cos(c, head.m), scale=head.s,
                             chunk=head.eval_chunk).mean().backward()
     finally:
-        Mg._normalize_rows = orig
+        Mg._normalize_rows, Mg._gather_rows = orig
     torch.testing.assert_close(head.weight.grad, ref.grad, rtol=1e-10, atol=1e-12)
     torch.testing.assert_close(x.grad, x2.grad, rtol=1e-10, atol=1e-12)

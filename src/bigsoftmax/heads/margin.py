@@ -104,18 +104,22 @@ class _NormalizeRows(torch.autograd.Function):
     The same forward bits as :func:`_normalize`. Autograd's backward of ``F.normalize`` materialises
     about four ``[V, d]`` temporaries at once (the division's two gradients, their products, the
     norm's gradient); at V = 10⁶ classes each is as large as the weight itself. Here
-    ``grad_w = (g − ŵ (ŵ · g)) / ‖w‖`` (``g / eps`` for rows shorter than ``eps``) is written into
-    one new ``[V, d]`` tensor in row blocks of ~8 MiB, reusing the unit rows the softmax kernel keeps
-    anyway: the backward holds one ``[V, d]`` buffer beyond the incoming gradient.
+    ``grad_w = (g − ŵ (ŵ · g)) / ‖w‖`` (``g / eps`` for rows shorter than ``eps``) is computed in row
+    blocks of ~8 MiB, reusing the unit rows the softmax kernel keeps anyway, into one new ``[V, d]``
+    tensor — or, with ``reuse_grad`` (the caller's promise that the incoming gradient is a fresh
+    tensor nothing else holds: :func:`margin_softmax_loss`, where ``ŵ`` only feeds the streaming
+    kernel), into the incoming gradient itself when it is a contiguous, non-view tensor of the right
+    dtype (not under ``torch.compile``): then no ``[V, d]`` buffer at all.
     """
 
     @staticmethod
-    def forward(ctx, w: Tensor, eps: float) -> Tensor:
+    def forward(ctx, w: Tensor, eps: float, reuse_grad: bool = False) -> Tensor:
         wa = w.to(_acc(w.dtype))
         c = wa.norm(dim=1, keepdim=True).clamp_min(eps)
         out = wa / c.expand_as(wa)
         ctx.in_dtype = w.dtype
         ctx.eps = eps
+        ctx.reuse_grad = bool(reuse_grad)
         ctx.save_for_backward(out, c)
         return out
 
@@ -123,22 +127,53 @@ class _NormalizeRows(torch.autograd.Function):
     @once_differentiable
     def backward(ctx, g: Tensor):
         out, c = ctx.saved_tensors
-        grad = torch.empty_like(out)
+        in_place = (ctx.reuse_grad and g.dtype == out.dtype and g.is_contiguous() and g._base is None
+                    and not torch.compiler.is_compiling())
+        grad = g if in_place else torch.empty_like(out)
         proj = c > ctx.eps  # rows whose norm is above eps: the clamp passes the gradient
         rows = max(1, _NORMALIZE_BLOCK_BYTES // max(1, out.shape[1] * out.element_size()))
         for s0 in range(0, out.shape[0], rows):
             s1 = min(out.shape[0], s0 + rows)
             o, gs = out[s0:s1], g[s0:s1].to(out.dtype)
-            dot = torch.where(proj[s0:s1], (o * gs).sum(dim=1, keepdim=True), torch.zeros((), dtype=o.dtype))
+            dot = torch.where(proj[s0:s1], (o * gs).sum(dim=1, keepdim=True),
+                              torch.zeros((), dtype=o.dtype, device=o.device))
             torch.div(gs - o * dot, c[s0:s1], out=grad[s0:s1])
-        return grad.to(ctx.in_dtype), None
+        return grad.to(ctx.in_dtype), None, None
 
 
-def _normalize_rows(w: Tensor, eps: float) -> Tensor:
+def _normalize_rows(w: Tensor, eps: float, reuse_grad: bool = False) -> Tensor:
     """:func:`_normalize` of a class matrix, with :class:`_NormalizeRows`' lean backward under grad."""
     if torch.is_grad_enabled() and w.requires_grad:
-        return _NormalizeRows.apply(w, eps)
+        return _NormalizeRows.apply(w, eps, reuse_grad)
     return _normalize(w, eps)
+
+
+class _GatherRows(torch.autograd.Function):
+    """``w.index_select(0, idx)`` whose backward is a sparse COO ``[V, d]`` gradient of the ``len(idx)``
+    touched rows, instead of autograd's dense zeros + ``index_add`` (two ``[V, d]`` tensors at V = 10⁶
+    classes). Added into the dense gradient the class matrix gets from the softmax kernel, in place
+    where autograd can; duplicate ids are summed."""
+
+    @staticmethod
+    def forward(ctx, w: Tensor, idx: Tensor) -> Tensor:
+        ctx.save_for_backward(idx)
+        ctx.shape = w.shape
+        return w.index_select(0, idx)
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, g: Tensor):
+        (idx,) = ctx.saved_tensors
+        return torch.sparse_coo_tensor(idx[None], g, ctx.shape, dtype=g.dtype, device=g.device,
+                                       check_invariants=False), None
+
+
+def _gather_rows(w: Tensor, idx: Tensor) -> Tensor:
+    """``w[idx]`` with a sparse gradient (:class:`_GatherRows`) under grad in eager mode; plain
+    ``index_select`` otherwise (``torch.compile`` traces dense gradients only)."""
+    if torch.is_grad_enabled() and w.requires_grad and not torch.compiler.is_compiling() and w.layout == torch.strided:
+        return _GatherRows.apply(w, idx)
+    return w.index_select(0, idx)
 
 
 # ============================================================================ margin functions (the math)
@@ -259,12 +294,12 @@ def margin_softmax_loss(
     """
     acc = _acc(hidden.dtype)
     x = _normalize(hidden, eps) if normalize_features else hidden.to(acc)
-    w_y = weight.index_select(0, target)
+    w_y = _gather_rows(weight, target)
     w_norm = w_y.to(acc).norm(dim=-1)
     w_y = _normalize(w_y, eps) if normalize_weights else w_y.to(acc)
     score = (x * w_y).sum(-1)
     zt = _target_logit(score, x.norm(dim=-1), w_norm, margin_fn, scale, normalize_features, normalize_weights, eps)
-    w = _normalize_rows(weight, eps) if normalize_weights else weight
+    w = _normalize_rows(weight, eps, reuse_grad=True) if normalize_weights else weight
     # logsumexp over the other classes, streamed by the one kernel (O(N · chunk) memory under autograd)
     rest, _ = linear_logsumexp(x * scale, w, None, target, chunk_size=chunk, recompute=True, exclude_target=True)
     return torch.logaddexp(rest, zt.to(rest.dtype)) - zt.to(rest.dtype)
