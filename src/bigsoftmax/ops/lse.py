@@ -335,6 +335,10 @@ def dense_grads(x: Tensor, W: Tensor, b: Optional[Tensor], y: Optional[Tensor], 
     no zero fill). ``E0 [M, V]`` (with ``m2``): ``exp2(z2 − m2)`` kept by :func:`local_row_stats`
     over one slice (row-block and stored modes) replaces the recomputed logits and is rescaled in
     place.
+
+    Sync-free (:func:`~bigsoftmax._validate.sync_free`: accelerators, compile): no row is skipped and
+    no host read decides whether signs are needed; zero-coefficient rows ride along with sign 0. Same
+    numbers; costs those rows' share of the GEMMs and an ``[M, d]`` sign multiply.
     """
     M, d = x.shape
     V = W.shape[0]
@@ -730,7 +734,10 @@ def linear_cross_entropy(
     The logits are computed in ``promote_types(input.dtype, weight.dtype)``, or in the autocast dtype
     inside an enabled ``torch.autocast`` region (like ``F.linear``), the softmax statistics in fp32.
     Differentiable once w.r.t. input, weight and bias (double backward raises). The gradients are
-    deterministic: a retained graph's second backward gives the same bits as the first.
+    deterministic: a retained graph's second backward gives the same bits as the first. On an
+    accelerator or under ``torch.compile`` (:func:`~bigsoftmax._validate.sync_free`) the step reads
+    nothing on the host: ignored rows are scored on class 0 with upstream 0 and masked instead of
+    compacted (their share of the work more), the same numbers.
 
     Examples::
 
@@ -823,7 +830,8 @@ class _LinearLogSumExp(torch.autograd.Function):
 
     Upstream ``(g, g_t)`` gives ``GradCoefs(dense=g, onehot=g_t)``. Two modes: *recompute* keeps only
     ``lse`` and rescores the slices in the backward (four GEMMs, O(M · chunk) memory); *stored*
-    (``chunk == V``) keeps ``exp2(z2 − m2)`` [M, V] from the forward (three GEMMs).
+    (``chunk == V``) keeps ``exp2(z2 − m2)`` [M, V] from the forward (three GEMMs) — by default only
+    within ``_STORED_MAX_BYTES`` (:func:`_default_stored`).
     """
 
     @staticmethod
