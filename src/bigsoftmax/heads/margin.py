@@ -43,8 +43,10 @@ from typing import Callable, Optional, Sequence, Union
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.autograd.function import once_differentiable
 
 from .. import functional as BF
+from .._validate import sync_free
 from .._validate import check_int as _check_int
 from .._validate import check_real as _check_float
 from ..ops.lse import linear_cross_entropy, linear_logsumexp
@@ -92,6 +94,88 @@ def _normalize(x: Tensor, eps: float) -> Tensor:
     return F.normalize(x.to(_acc(x.dtype)), dim=-1, eps=eps)
 
 
+#: bytes of the row blocks :class:`_NormalizeRows` runs its backward in (bounds its temporaries)
+_NORMALIZE_BLOCK_BYTES = 8 * 2**20
+
+
+class _NormalizeRows(torch.autograd.Function):
+    """``F.normalize(w, dim=1, eps)`` of a ``[V, d]`` class matrix with a lean backward (issue 11).
+
+    The same forward bits as :func:`_normalize`. Autograd's backward of ``F.normalize`` materialises
+    about four ``[V, d]`` temporaries at once (the division's two gradients, their products, the
+    norm's gradient); at V = 10⁶ classes each is as large as the weight itself. Here
+    ``grad_w = (g − ŵ (ŵ · g)) / ‖w‖`` (``g / eps`` for rows shorter than ``eps``) is computed in row
+    blocks of ~8 MiB, reusing the unit rows the softmax kernel keeps anyway, into one new ``[V, d]``
+    tensor — or, with ``reuse_grad`` (the caller's promise that the incoming gradient is a fresh
+    tensor nothing else holds: :func:`margin_softmax_loss`, where ``ŵ`` only feeds the streaming
+    kernel), into the incoming gradient itself when it is a contiguous, non-view tensor of the right
+    dtype (not under ``torch.compile``): then no ``[V, d]`` buffer at all.
+    """
+
+    @staticmethod
+    def forward(ctx, w: Tensor, eps: float, reuse_grad: bool = False) -> Tensor:
+        wa = w.to(_acc(w.dtype))
+        c = wa.norm(dim=1, keepdim=True).clamp_min(eps)
+        out = wa / c.expand_as(wa)
+        ctx.in_dtype = w.dtype
+        ctx.eps = eps
+        ctx.reuse_grad = bool(reuse_grad)
+        ctx.save_for_backward(out, c)
+        return out
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, g: Tensor):
+        out, c = ctx.saved_tensors
+        in_place = (ctx.reuse_grad and g.dtype == out.dtype and g.is_contiguous() and g._base is None
+                    and not torch.compiler.is_compiling())
+        grad = g if in_place else torch.empty_like(out)
+        proj = c > ctx.eps  # rows whose norm is above eps: the clamp passes the gradient
+        rows = max(1, _NORMALIZE_BLOCK_BYTES // max(1, out.shape[1] * out.element_size()))
+        for s0 in range(0, out.shape[0], rows):
+            s1 = min(out.shape[0], s0 + rows)
+            o, gs = out[s0:s1], g[s0:s1].to(out.dtype)
+            dot = torch.where(proj[s0:s1], (o * gs).sum(dim=1, keepdim=True),
+                              torch.zeros((), dtype=o.dtype, device=o.device))
+            torch.div(gs - o * dot, c[s0:s1], out=grad[s0:s1])
+        return grad.to(ctx.in_dtype), None, None
+
+
+def _normalize_rows(w: Tensor, eps: float, reuse_grad: bool = False) -> Tensor:
+    """:func:`_normalize` of a class matrix, with :class:`_NormalizeRows`' lean backward under grad."""
+    if torch.is_grad_enabled() and w.requires_grad:
+        return _NormalizeRows.apply(w, eps, reuse_grad)
+    return _normalize(w, eps)
+
+
+class _GatherRows(torch.autograd.Function):
+    """``w.index_select(0, idx)`` whose backward is a sparse COO ``[V, d]`` gradient of the ``len(idx)``
+    touched rows, instead of autograd's dense zeros + ``index_add`` (two ``[V, d]`` tensors at V = 10⁶
+    classes). Added into the dense gradient the class matrix gets from the softmax kernel, in place
+    where autograd can; duplicate ids are summed."""
+
+    @staticmethod
+    def forward(ctx, w: Tensor, idx: Tensor) -> Tensor:
+        ctx.save_for_backward(idx)
+        ctx.shape = w.shape
+        return w.index_select(0, idx)
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, g: Tensor):
+        (idx,) = ctx.saved_tensors
+        return torch.sparse_coo_tensor(idx[None], g, ctx.shape, dtype=g.dtype, device=g.device,
+                                       check_invariants=False), None
+
+
+def _gather_rows(w: Tensor, idx: Tensor) -> Tensor:
+    """``w[idx]`` with a sparse gradient (:class:`_GatherRows`) under grad in eager mode; plain
+    ``index_select`` otherwise (``torch.compile`` traces dense gradients only)."""
+    if torch.is_grad_enabled() and w.requires_grad and not torch.compiler.is_compiling() and w.layout == torch.strided:
+        return _GatherRows.apply(w, idx)
+    return w.index_select(0, idx)
+
+
 # ============================================================================ margin functions (the math)
 def chebyshev_cos(cos: Tensor, m: int) -> Tensor:
     """``cos(mθ) = T_m(cos θ)`` by the Chebyshev recurrence ``T_{n+1} = 2c T_n − T_{n−1}``.
@@ -123,8 +207,14 @@ def sphere_psi(cos: Tensor, m: int) -> Tensor:
     return sign * chebyshev_cos(c, m) - 2.0 * k
 
 
-def large_margin_cos(cos: Tensor, m: int, lam: float = 0.0) -> Tensor:
-    """L-Softmax / A-Softmax target "cosine" ``(λ cos θ + ψ_m(θ)) / (1 + λ)`` (λ >= 0 anneals the margin)."""
+def large_margin_cos(cos: Tensor, m: int, lam: Union[float, Tensor] = 0.0) -> Tensor:
+    """L-Softmax / A-Softmax target "cosine" ``(λ cos θ + ψ_m(θ)) / (1 + λ)`` (λ >= 0 anneals the margin).
+
+    ``lam`` may be a 0-dim tensor (an annealed λ computed on the device, not checked: no host read).
+    """
+    if isinstance(lam, Tensor):
+        psi = sphere_psi(cos, m)
+        return (lam * cos.clamp(-1.0, 1.0) + psi) / (1.0 + lam)
     lam = _check_float("lam", lam, 0.0)
     psi = sphere_psi(cos, m)
     if lam == 0.0:
@@ -196,19 +286,20 @@ def margin_softmax_loss(
     The logsumexp over the V − 1 other classes is the library's streaming kernel
     (:func:`bigsoftmax.ops.lse.linear_logsumexp` with ``exclude_target=True``): exact, and its
     backward rescores class slices, so the extra memory is O(N · chunk) plus the normalised
-    ``[V, d]`` weights (when ``normalize_weights``) — never the [N, V] logits.
+    ``[V, d]`` weights (when ``normalize_weights``, with a backward that holds one more ``[V, d]``
+    buffer, :class:`_NormalizeRows`) — never the [N, V] logits.
 
     ``margin_fn`` maps ``cos θ_y`` to the margin-penalised cosine (e.g.
     ``functools.partial(arc_margin_cos, m=0.5)``); the identity gives the plain (normalised) softmax.
     """
     acc = _acc(hidden.dtype)
     x = _normalize(hidden, eps) if normalize_features else hidden.to(acc)
-    w_y = weight.index_select(0, target)
+    w_y = _gather_rows(weight, target)
     w_norm = w_y.to(acc).norm(dim=-1)
     w_y = _normalize(w_y, eps) if normalize_weights else w_y.to(acc)
     score = (x * w_y).sum(-1)
     zt = _target_logit(score, x.norm(dim=-1), w_norm, margin_fn, scale, normalize_features, normalize_weights, eps)
-    w = _normalize(weight, eps) if normalize_weights else weight
+    w = _normalize_rows(weight, eps, reuse_grad=True) if normalize_weights else weight
     # logsumexp over the other classes, streamed by the one kernel (O(N · chunk) memory under autograd)
     rest, _ = linear_logsumexp(x * scale, w, None, target, chunk_size=chunk, recompute=True, exclude_target=True)
     return torch.logaddexp(rest, zt.to(rest.dtype)) - zt.to(rest.dtype)
@@ -285,6 +376,11 @@ class LambdaSchedule:
 
     def __call__(self, iteration: int) -> float:
         return max(self.lambda_min, self.base * (1.0 + self.gamma * float(iteration)) ** (-self.power))
+
+    def at(self, iteration: Tensor) -> Tensor:
+        """``λ_t`` of a 0-dim iteration tensor, computed on its device in float64 (no host read)."""
+        t = iteration.to(torch.float64)
+        return (self.base * (1.0 + self.gamma * t) ** (-self.power)).clamp(min=self.lambda_min)
 
 
 # ============================================================================ shared module plumbing
@@ -520,6 +616,12 @@ class _AnnealedMixin:
         return large_margin_cos(cos, self.m, self.current_lambda())
 
     def _step_margin(self) -> MarginFn:
+        if isinstance(self.lambda_schedule, LambdaSchedule) and sync_free(self.iteration):
+            # accelerators / compile: λ from the iteration buffer on the device, not int(iteration)
+            with torch.no_grad():
+                self.iteration += 1
+                lam = self.lambda_schedule.at(self.iteration)
+            return functools.partial(large_margin_cos, m=self.m, lam=lam)
         lam = self.current_lambda()
         with torch.no_grad():
             self.iteration += 1

@@ -27,11 +27,11 @@ from typing import NamedTuple, Optional
 import torch
 from torch import Tensor, nn
 
-from .._validate import check_chunk_size, check_reduction, check_target
+from .._validate import check_chunk_size, check_reduction, check_target, sync_free
 from ..ops.lse import linear_logsumexp
 from ..ops.reduce import reduce_loss
 from ._init import init_class_rows, tie_class_rows
-from .base import Head, LinearEvalMixin
+from .base import Head, LinearEvalMixin, masked_reduce
 from .._validate import check_alpha as _check_alpha
 
 __all__ = [
@@ -70,6 +70,11 @@ def self_normalized_softmax_loss(
     h = input.reshape(-1, d)
     y = target.reshape(-1).long()
     keep = y != ignore_index
+    if sync_free(h):
+        # no host read of `keep` (accelerators, compile): every row scored (ignored ones on class 0), masked
+        ys = torch.where(keep, y, torch.zeros_like(y))
+        lse, zy = linear_logsumexp(h, weight, bias, ys, recompute=True, chunk_size=check_chunk_size(chunk_size))
+        return masked_reduce((lse - zy) + alpha * lse.square(), keep, target.shape, reduction)
     if not bool(keep.all()):
         h, y = h[keep], y[keep]
     lse, zy = linear_logsumexp(h, weight, bias, y, recompute=True, chunk_size=check_chunk_size(chunk_size))

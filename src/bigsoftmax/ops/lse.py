@@ -54,7 +54,7 @@ from torch.autograd.function import once_differentiable
 
 from .._validate import (
     check_chunk_size, check_class_weight, check_ignore_index, check_label_smoothing,
-    check_reduction, check_target,
+    check_reduction, check_target, sync_free,
 )
 from .._validate import check_linear as _check_linear
 from ._opaque import call_opaque, register_opaque
@@ -97,6 +97,14 @@ _MIN_ROWBLOCK = 64
 #: inputs at most this wide recompute their logits in the lse backward by default (their GEMMs are
 #: memory-bound, so rescoring cache-sized slices beats storing and re-reading [N, V] values)
 _RECOMPUTE_MAX_IN = 64
+#: the most bytes of ``[N, V]`` exponentials the lse's *stored* mode may keep between forward and
+#: backward by default (issue 11: training must take O(N · chunk) extra memory, not O(N · V)).
+#: 64 MiB is the size where storing still pays off: a buffer this size is already far out of cache,
+#: so re-reading it costs about what rescoring it costs, while the GEMM saved shrinks with it; and it
+#: is a fixed cap next to the ``[V, d]`` weight gradient every dense step holds anyway. Larger
+#: batches recompute (one GEMM more); ``recompute=False`` still stores at any size. (The backward
+#: rescales a copy of the stored buffer, so a step holds at most twice this transiently.)
+_STORED_MAX_BYTES = 64 * 2**20
 
 
 # ============================================================================ parameters
@@ -186,6 +194,23 @@ def _target_in_slice(y: Tensor, s0: int, s1: int) -> Tuple[Tensor, Tensor]:
     return rows, y.index_select(0, rows) - s0
 
 
+def _fill_target_(z: Tensor, y: Tensor, s0: int, s1: int, value: float) -> None:
+    """In place ``z[i, y_i − s0] = value`` for the rows whose target lies in classes ``[s0, s1)``.
+
+    CPU: the hit rows are compacted (``nonzero``, a host read of their count). Sync-free
+    (:func:`~bigsoftmax._validate.sync_free`): every row's clamped column is gathered, replaced where
+    the target is in the slice and scattered back — fixed shapes, one ``[M]`` gather and scatter more.
+    """
+    if not sync_free(z):
+        rows, cols = _target_in_slice(y, s0, s1)
+        z[rows, cols] = value
+        return
+    inside = (y >= s0) & (y < s1)
+    cols = (y - s0).clamp(0, s1 - s0 - 1)[:, None]
+    cur = z.gather(1, cols)
+    z.scatter_(1, cols, torch.where(inside[:, None], torch.full_like(cur, value), cur))
+
+
 def slice_logits2(x2: Tensor, W: Tensor, b: Optional[Tensor], s0: int, s1: int, p: KernelParams,
                   buf: Tensor) -> Tensor:
     """Base-2 logits ``log2(e) · (x · W_sᵀ + b_s)`` of classes ``[s0, s1)`` into ``buf[:, : s1 − s0]``.
@@ -210,8 +235,7 @@ def _exp2_shifted_(z: Tensor, shift: Optional[Tensor], y: Optional[Tensor], s0: 
         z.sub_(shift[:, None])
     z.exp2_()
     if p.exclude_target:
-        rows, cols = _target_in_slice(y, s0, s1)
-        z[rows, cols] = 0.0
+        _fill_target_(z, y, s0, s1, 0.0)
     return z
 
 
@@ -235,8 +259,7 @@ def local_row_stats(x2: Tensor, W: Tensor, b: Optional[Tensor], p: KernelParams,
         s1 = min(V, s0 + p.chunk)
         z = slice_logits2(x2, W, b, s0, s1, p, buf)
         if p.exclude_target:
-            rows, cols = _target_in_slice(y, s0, s1)
-            z[rows, cols] = torch.finfo(z.dtype).min
+            _fill_target_(z, y, s0, s1, torch.finfo(z.dtype).min)
         m = z.amax(dim=1)
         ms.append(m)
         ss.append(_exp2_shifted_(z, m, y, s0, s1, p).sum(dim=1))
@@ -312,16 +335,32 @@ def dense_grads(x: Tensor, W: Tensor, b: Optional[Tensor], y: Optional[Tensor], 
     no zero fill). ``E0 [M, V]`` (with ``m2``): ``exp2(z2 − m2)`` kept by :func:`local_row_stats`
     over one slice (row-block and stored modes) replaces the recomputed logits and is rescaled in
     place.
+
+    Sync-free (:func:`~bigsoftmax._validate.sync_free`: accelerators, compile): no row is skipped and
+    no host read decides whether signs are needed; zero-coefficient rows ride along with sign 0. Same
+    numbers; costs those rows' share of the GEMMs and an ``[M, d]`` sign multiply.
     """
     M, d = x.shape
     V = W.shape[0]
     if E0 is not None and (p.chunk < V or p.cdt != p.acc):
         raise AssertionError("stored exponentials need one vocabulary slice in the accumulation dtype")
     active = dense != 0
-    all_active = bool(active.all())
-    rows = None if all_active else active.nonzero().squeeze(1)
-    pick = (lambda t: t) if all_active else (lambda t: t.index_select(0, rows))
-    coef = pick(dense)
+    if sync_free(x):
+        # fixed shapes: every row goes through the loop; a zero coefficient gets the sign 0 (its row
+        # adds nothing to grad_W / grad_b, and its grad_x row is multiplied by 0) and the shift of
+        # coefficient 1 (its E is p, no overflow). Costs the zero rows' share of the GEMMs and one
+        # [M, d] sign multiply, instead of host reads of the coefficients (all nonzero? any negative?)
+        all_active, rows, pick, coef = True, None, (lambda t: t), dense
+        sgn = torch.sign(coef).to(p.acc)
+        mag = torch.where(active, coef.abs(), torch.ones_like(coef))
+    else:
+        all_active = bool(active.all())
+        rows = None if all_active else active.nonzero().squeeze(1)
+        pick = (lambda t: t) if all_active else (lambda t: t.index_select(0, rows))
+        coef = pick(dense)
+        neg = coef < 0
+        sgn = torch.where(neg, -1.0, 1.0).to(p.acc) if bool(neg.any()) else None
+        mag = coef.abs()
     R = coef.shape[0]
     if R == 0:
         if not accumulate:
@@ -329,9 +368,7 @@ def dense_grads(x: Tensor, W: Tensor, b: Optional[Tensor], y: Optional[Tensor], 
                 if t is not None:
                     t.zero_()
         return
-    neg = coef < 0
-    sgn = torch.where(neg, -1.0, 1.0).to(p.acc) if bool(neg.any()) else None
-    shift2 = pick(lse2) - torch.log2(coef.abs())
+    shift2 = pick(lse2) - torch.log2(mag)
     xc = pick(x).to(p.cdt)
     x2 = xc * LOG2E
     xs = xc if sgn is None else xc * sgn[:, None].to(p.cdt)
@@ -463,12 +500,13 @@ def _ce_forward(x, W, b, y, cw, p: KernelParams) -> _CE:
     return _CE(_ce_per_row(x, W, b, y, lse2, cw, u, wb, p), lse2, u)
 
 
-def _rowblock_forward(x, W, b, y, cw, p: KernelParams, rows: int, scale: float, need) -> Tuple[_CE, Grads]:
+def _rowblock_forward(x, W, b, y, cw, p: KernelParams, rows: int, scale: Tensor, need) -> Tuple[_CE, Grads]:
     """Forward and gradients together in blocks of ``rows`` rows holding every class (3 GEMMs).
 
     Each block's logits ``[rows, V]`` are computed once (:func:`local_row_stats` over one slice), then
     turned into ``|dense_i| p_ic`` in place and accumulated into ``grad_W`` / ``grad_b``. The upstream
-    scale is ``scale`` per row (1 for ``'sum'``, ``1 / denominator`` for ``'mean'``); the backward
+    scale is ``scale [M]`` per row (1 for ``'sum'``, ``1 / denominator`` for ``'mean'``, 0 on the
+    ignored rows of the sync-free path); the backward
     multiplies by the real upstream gradient. Deterministic: the same inputs give the same bits.
     """
     M, d = x.shape
@@ -483,21 +521,45 @@ def _rowblock_forward(x, W, b, y, cw, p: KernelParams, rows: int, scale: float, 
         xb, yb, E0 = x[s0:s1], y[s0:s1], buf[: s1 - s0]
         stats = local_row_stats(xb.to(p.cdt) * LOG2E, W, b, pb, buf=E0)
         lse2[s0:s1] = lse2_of(*stats)
-        a = torch.full((s1 - s0,), scale, dtype=p.acc, device=x.device)
+        a = scale[s0:s1]
         block = Grads(None if grads.gx is None else grads.gx[s0:s1], grads.gW, grads.gb)
         _all_grads(xb, W, b, yb, lse2[s0:s1], _ce_coefs(a, yb, cw, V, p.label_smoothing), pb, need, u, cw,
                    out=block, E0=E0, m2=stats.m2)
     return _CE(_ce_per_row(x, W, b, y, lse2, cw, u, wb, p), lse2, u), grads
 
 
-def _scale_grads_(grads: Grads, g: Tensor, acc: torch.dtype) -> Grads:
-    """Multiply precomputed gradients by the scalar upstream gradient ``g`` in place."""
+def _scale_grads_(grads: Grads, g: Tensor, acc: torch.dtype, sf: bool = False) -> Grads:
+    """Multiply precomputed gradients by the scalar upstream gradient ``g`` in place (CPU: skipped
+    when ``g == 1``; sync-free ``sf``: always, one pass over the gradients instead of a host read)."""
     gs = g.to(acc)
-    if bool(gs != 1):
+    if sf or bool(gs != 1):
         for t in grads:
             if t is not None:
                 t.mul_(gs.to(t.dtype))
     return grads
+
+
+def _upstream_scale(keep: Tensor, denom, M: int, acc: torch.dtype, device, sf: bool) -> Tensor:
+    """Per-row upstream ``[M]`` of a scalar loss, ``1 / denom`` (NaN for a zero denominator).
+
+    CPU (``sf`` False): the M kept rows, ``denom`` a float. Sync-free: all rows, ``denom`` a tensor,
+    0 on the ignored rows (so they add nothing to any gradient).
+    """
+    if not sf:
+        return torch.full((M,), 1.0 / denom if denom else math.nan, dtype=acc, device=device)
+    inv = torch.where(denom != 0, 1.0 / denom, torch.full_like(denom, math.nan))
+    return torch.where(keep, inv.expand(M), torch.zeros((), dtype=acc, device=device))
+
+
+def _masked_reduce(per: Tensor, keep: Tensor, reduction: str, denom: Tensor) -> Tensor:
+    """:func:`~bigsoftmax.ops.reduce.reduce_loss` of the kept rows from the losses of *every* row (no
+    boolean indexing: the sync-free path); ``'mean'`` divides by ``denom`` (kept count or weight sum)."""
+    per = torch.where(keep, per, torch.zeros((), dtype=per.dtype, device=per.device))
+    if reduction == "none":
+        return per
+    acc = torch.promote_types(per.dtype, torch.float32)
+    total = per.to(acc).sum()
+    return (total if reduction == "sum" else total / denom.to(acc)).to(per.dtype)
 
 
 @dataclass(frozen=True)
@@ -518,13 +580,24 @@ class _LinearCrossEntropy(torch.autograd.Function):
     def forward(ctx, x, W, b, y, cw, cfg: _CEConfig):
         p = cfg.kernel
         keep = y != cfg.ignore_index
-        all_kept = bool(keep.all())
-        xk, yk = (x, y) if all_kept else (x[keep], y[keep])
+        # sync-free (accelerators, compile): every row is scored, ignored ones on class 0 with upstream
+        # scale 0, and masked after; costs their share of the work instead of host reads of `keep`
+        sf = sync_free(x)
+        all_kept = False if sf else bool(keep.all())
+        if sf:
+            xk, yk = x, torch.where(keep, y, torch.zeros_like(y))
+        else:
+            xk, yk = (x, y) if all_kept else (x[keep], y[keep])
         M = xk.shape[0]
         need = (ctx.needs_input_grad[0], ctx.needs_input_grad[1], ctx.needs_input_grad[2] and b is not None)
         wy = None if cw is None else cw.index_select(0, yk)
-        denom = (float(M) if cw is None else float(wy.sum())) if cfg.reduction == "mean" else 1.0
-        scale = 1.0 / denom if denom else math.nan  # the upstream scale of a scalar loss
+        if sf:
+            wy = None if wy is None else torch.where(keep, wy, torch.zeros_like(wy))
+            denom = ((keep.sum().to(p.acc) if cw is None else wy.sum()) if cfg.reduction == "mean"
+                     else torch.ones((), dtype=p.acc, device=x.device))
+        else:
+            denom = (float(M) if cw is None else float(wy.sum())) if cfg.reduction == "mean" else 1.0
+        scale = _upstream_scale(keep, denom, M, p.acc, x.device, sf)  # [M]: the upstream of a scalar loss
         grads = None
         with torch.autocast(x.device.type, enabled=False):
             if M > 0 and cfg.rowblock_rows:
@@ -532,15 +605,17 @@ class _LinearCrossEntropy(torch.autograd.Function):
             elif M > 0:
                 ce = _ce_forward(xk, W, b, yk, cw, p)
                 if cfg.precompute:
-                    a = torch.full((M,), scale, dtype=p.acc, device=x.device)
-                    grads = _all_grads(xk, W, b, yk, ce.lse2, _ce_coefs(a, yk, cw, W.shape[0], p.label_smoothing),
+                    grads = _all_grads(xk, W, b, yk, ce.lse2, _ce_coefs(scale, yk, cw, W.shape[0], p.label_smoothing),
                                        p, need, ce.u, cw)
             else:
                 z = torch.zeros(0, dtype=p.acc, device=x.device)
                 ce = _CE(z, z, None)
-            out = reduce_loss(ce.per, None if all_kept else keep, (x.shape[0],), cfg.reduction, weight=wy)
+            if sf:
+                out = _masked_reduce(ce.per, keep, cfg.reduction, denom)
+            else:
+                out = reduce_loss(ce.per, None if all_kept else keep, (x.shape[0],), cfg.reduction, weight=wy)
         ctx.stash = grads
-        ctx.cfg, ctx.all_kept = cfg, all_kept
+        ctx.cfg, ctx.all_kept, ctx.sf = cfg, all_kept, sf
         ctx.save_for_backward(x, W, b, y, cw, ce.lse2, ce.u, torch.as_tensor(denom, dtype=p.acc))
         return out
 
@@ -561,33 +636,48 @@ class _LinearCrossEntropy(torch.autograd.Function):
         cfg = ctx.cfg
         p = cfg.kernel
         need = (ctx.needs_input_grad[0], ctx.needs_input_grad[1], ctx.needs_input_grad[2] and b is not None)
+        sf = ctx.sf
         keep = None if ctx.all_kept else (y != cfg.ignore_index)
-        xk, yk = (x, y) if keep is None else (x[keep], y[keep])
+        if sf:  # every row, ignored ones on class 0 with upstream 0 (their gradient rows come out 0)
+            xk, yk = x, torch.where(keep, y, torch.zeros_like(y))
+        else:
+            xk, yk = (x, y) if keep is None else (x[keep], y[keep])
         M = xk.shape[0]
         with torch.autocast(x.device.type, enabled=False):
             if ctx.stash is not None:  # precomputed in forward: hand over, scaled in place
-                grads, ctx.stash = _scale_grads_(ctx.stash, g, p.acc), None
+                grads, ctx.stash = _scale_grads_(ctx.stash, g, p.acc, sf), None
             elif M == 0:
                 grads = new_grads(0, x.shape[1], W.shape[0], p, need, x.device, zero_W=True)
             elif cfg.rowblock_rows:
                 # a retained graph's later backward: rerun the same row blocks (bit-identical gradients)
-                _, grads = _rowblock_forward(xk, W, b, yk, cw, p, cfg.rowblock_rows, 1.0 / float(denom), need)
-                grads = _scale_grads_(grads, g, p.acc)
+                scale = _upstream_scale(keep, denom if sf else float(denom), M, p.acc, x.device, sf)
+                _, grads = _rowblock_forward(xk, W, b, yk, cw, p, cfg.rowblock_rows, scale, need)
+                grads = _scale_grads_(grads, g, p.acc, sf)
             elif cfg.precompute:
                 raise RuntimeError("linear_cross_entropy(precompute=True) supports a single backward; "
                                    "use precompute=False for retain_graph=True")
             else:
                 a = g.reshape(-1).to(p.acc) if cfg.reduction == "none" else (g.to(p.acc) / denom).expand(x.shape[0])
-                a = a if keep is None else a[keep]
+                if sf:
+                    a = torch.where(keep, a, torch.zeros_like(a))
+                elif keep is not None:
+                    a = a[keep]
                 grads = _all_grads(xk, W, b, yk, lse2, _ce_coefs(a.contiguous(), yk, cw, W.shape[0],
                                                                  p.label_smoothing), p, need, u, cw)
             gx = grads.gx
-            if gx is not None and keep is not None:
+            if gx is not None and keep is not None and not sf:
                 full = torch.zeros(x.shape, dtype=p.acc, device=x.device)
                 full[keep] = gx
                 gx = full
         return (None if gx is None else gx.to(x.dtype), None if grads.gW is None else grads.gW.to(W.dtype),
                 None if grads.gb is None else grads.gb.to(b.dtype), None, None, None)
+
+
+def _default_stored(rows: int, num_classes: int, in_features: int, cdt: torch.dtype) -> bool:
+    """The lse's default mode: stored exponentials only for inputs wider than ``_RECOMPUTE_MAX_IN``
+    whose ``[rows, V]`` buffer fits ``_STORED_MAX_BYTES``; recompute otherwise (issue 11)."""
+    nbytes = rows * num_classes * (torch.finfo(cdt).bits // 8)
+    return in_features > _RECOMPUTE_MAX_IN and nbytes <= _STORED_MAX_BYTES
 
 
 def _wants_grad(*ts) -> bool:
@@ -644,7 +734,10 @@ def linear_cross_entropy(
     The logits are computed in ``promote_types(input.dtype, weight.dtype)``, or in the autocast dtype
     inside an enabled ``torch.autocast`` region (like ``F.linear``), the softmax statistics in fp32.
     Differentiable once w.r.t. input, weight and bias (double backward raises). The gradients are
-    deterministic: a retained graph's second backward gives the same bits as the first.
+    deterministic: a retained graph's second backward gives the same bits as the first. On an
+    accelerator or under ``torch.compile`` (:func:`~bigsoftmax._validate.sync_free`) the step reads
+    nothing on the host: ignored rows are scored on class 0 with upstream 0 and masked instead of
+    compacted (their share of the work more), the same numbers.
 
     Examples::
 
@@ -690,8 +783,13 @@ def linear_cross_entropy(
 
 
 def _ce_config(chunk, cdt, acc, eps, ignore_index, reduction, precompute, auto_rows, y, V) -> _CEConfig:
-    """The kernel configuration; ``auto_rows``: row-block mode sized by the kept rows (reads ``y``)."""
-    rows = rowblock_rows(int((y != ignore_index).sum()), V, torch.finfo(cdt).bits // 8) if auto_rows else 0
+    """The kernel configuration; ``auto_rows``: row-block mode sized by the kept rows (reads ``y`` on
+    CPU; sync-free: by all rows)."""
+    if not auto_rows:
+        rows = 0
+    else:  # the sync-free path scores every row (ignored ones masked): its static count, no host read
+        n = y.shape[0] if sync_free(y) else int((y != ignore_index).sum())
+        rows = rowblock_rows(n, V, torch.finfo(cdt).bits // 8)
     return _CEConfig(KernelParams(chunk, cdt, acc, label_smoothing=eps), ignore_index, reduction, precompute, rows)
 
 
@@ -732,7 +830,8 @@ class _LinearLogSumExp(torch.autograd.Function):
 
     Upstream ``(g, g_t)`` gives ``GradCoefs(dense=g, onehot=g_t)``. Two modes: *recompute* keeps only
     ``lse`` and rescores the slices in the backward (four GEMMs, O(M · chunk) memory); *stored*
-    (``chunk == V``) keeps ``exp2(z2 − m2)`` [M, V] from the forward (three GEMMs).
+    (``chunk == V``) keeps ``exp2(z2 − m2)`` [M, V] from the forward (three GEMMs) — by default only
+    within ``_STORED_MAX_BYTES`` (:func:`_default_stored`).
     """
 
     @staticmethod
@@ -791,9 +890,12 @@ def linear_logsumexp(
         target: int64 class ids, or None (then ``z_y`` is None).
         chunk_size: classes per vocabulary slice (default :func:`default_chunk_size`).
         recompute: keep only ``lse`` and rescore the slices in the backward (O(N · chunk) memory, one
-            GEMM more); ``False`` keeps ``exp(z − max)`` ``[N, V]`` instead (three GEMMs). Default: True
-            for inputs at most 64 wide (memory-bound GEMMs), else False. Without grad the forward
-            always streams over slices.
+            GEMM more); ``False`` keeps ``exp(z − max)`` ``[N, V]`` instead (three GEMMs), at any
+            size. Default (None): store only when the ``[N, V]`` buffer fits 64 MiB
+            (``_STORED_MAX_BYTES``) and the input is wider than 64 (narrower ones have memory-bound
+            GEMMs, where rescoring cache-sized slices wins anyway); otherwise recompute, so the
+            default training memory is O(N · chunk) plus that fixed cap, never O(N · V). Without
+            grad the forward always streams over slices.
         exclude_target: leave the target class out of the normaliser (needs ``target``).
 
     Shape:
@@ -831,7 +933,7 @@ def linear_logsumexp(
             lse = lse2_of(*local_row_stats(x.to(cdt) * LOG2E, weight, bias, p, y)) * LN2
             zt = target_logit(x, weight, bias, y, p) if (y is not None and not exclude_target) else None
     else:
-        stored = (d > _RECOMPUTE_MAX_IN) if recompute is None else not recompute
+        stored = _default_stored(x.shape[0], V, d, cdt) if recompute is None else not recompute
         stored = stored and cdt == acc
         if stored:
             p = replace(p, chunk=V)
