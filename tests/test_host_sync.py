@@ -53,6 +53,7 @@ BUDGET = {
 
 #: cases not yet sync-free (each entry is work left; strict, so a fixed one must leave this set)
 NOT_YET = set(HEADS)
+NOT_YET -= {"SampledSoftmax", "SampledSoftmax-sparse", "SampledSoftmax-replacement", "NCE", "NegativeSampling"}  # sampled family
 
 
 def _make(name):

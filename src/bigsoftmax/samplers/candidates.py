@@ -52,6 +52,7 @@ from .._validate import check_generator as _check_generator
 from .._validate import check_int_strict as _check_int
 from .._validate import check_tf_range_max as _check_tf_range_max
 from .._validate import check_true_classes as _check_true_classes
+from .._validate import sync_free
 
 __all__ = [
     "CandidateSamples",
@@ -116,6 +117,10 @@ def expected_count(prob: Tensor, num_sampled: int, num_tries: int) -> Tensor:
     ``unique=False``), else ``1 - (1 - P(c))**num_tries`` computed as
     ``-expm1(num_tries * log1p(-P(c)))`` (exact 1 for P(c) = 1, 0 for P(c) = 0).
     """
+    if isinstance(num_tries, Tensor):  # a device count (the sync-free unique draw): the same choice, on device
+        tries = num_tries.to(device=prob.device, dtype=prob.dtype)
+        return torch.where(num_tries.to(prob.device) == num_sampled, prob * num_sampled,
+                           -torch.expm1(tries * torch.log1p(-prob)))
     if num_tries == num_sampled:
         return prob * num_sampled
     return -torch.expm1(num_tries * torch.log1p(-prob))
@@ -173,6 +178,8 @@ def unique_by_rejection(draw: Callable[[int], Tensor], num_sampled: int) -> Tupl
     draw-until-S-distinct loop over the same stream would give.
     """
     draws = draw(2 * num_sampled)
+    if sync_free(draws):
+        return _unique_first_in_block(torch.cat([draws, draw((UNIQUE_BLOCK - 2) * num_sampled)]), num_sampled)
     while True:
         uniq, inv = torch.unique(draws, return_inverse=True)
         if uniq.numel() >= num_sampled:
@@ -184,6 +191,37 @@ def unique_by_rejection(draw: Callable[[int], Tensor], num_sampled: int) -> Tupl
     first = first.scatter_reduce_(0, inv, pos, reduce="amin", include_self=True)
     first = torch.sort(first).values[:num_sampled]
     return draws[first], int(first[-1]) + 1
+
+
+#: the sync-free unique draw (:func:`unique_by_rejection` on an accelerator / under compile) draws
+#: this many times ``num_sampled`` ids in one block
+UNIQUE_BLOCK = 32
+
+
+def _unique_first_in_block(draws: Tensor, num_sampled: int) -> Tuple[Tensor, Tensor]:
+    """The first ``num_sampled`` distinct ids of ``draws`` [M] in draw order, and ``num_tries`` = 1 +
+    the position of the S-th distinct one, as a 0-d device tensor: no host sync, fixed shapes.
+
+    A stable sort finds each value's first occurrence, a cumsum over the draw order ranks the
+    first occurrences, and a scatter puts the ranks 1..S into the S slots. On the same stream this
+    is exactly :func:`unique_by_rejection`'s sequential result whenever the block holds S distinct
+    ids (it costs one sort of M = ``UNIQUE_BLOCK`` · S draws instead of the loop's ~2 S). A block
+    with fewer than S distinct ids (an S close to the number of classes with nonzero probability,
+    or a very peaked distribution) fails a device assert rather than return a wrong sample.
+    """
+    S, M = num_sampled, draws.numel()
+    sorted_ids, order = torch.sort(draws, stable=True)
+    new = torch.ones(M, dtype=torch.bool, device=draws.device)
+    new[1:] = sorted_ids[1:] != sorted_ids[:-1]
+    first = torch.zeros_like(new).scatter_(0, order, new)  # first occurrence of its value, in draw order
+    rank = first.long().cumsum(0)  # 1-based rank of the distinct ids (at their first occurrence)
+    slot = torch.where(first & (rank <= S), rank - 1, torch.full_like(rank, S))
+    ids = draws.new_zeros(S + 1).scatter_(0, slot, draws)[:S]
+    pos = torch.arange(M, device=draws.device)
+    num_tries = torch.where(first & (rank == S), pos, torch.zeros_like(pos)).amax() + 1
+    torch._assert_async(rank[-1] >= S, f"unique candidate sampling: fewer than num_sampled={S} distinct ids in a "
+                                       f"block of {M} draws (raise samplers.candidates.UNIQUE_BLOCK or lower num_sampled)")
+    return ids, num_tries
 
 
 def fenwick_build(counts: Tensor) -> Tensor:
