@@ -357,10 +357,12 @@ class CandidateSampler(nn.Module):
         """Number of classes with nonzero probability (upper bound on num_sampled when unique)."""
         return self.range_max
 
-    def _device(self) -> torch.device:
+    def _device(self, default: Optional[torch.device] = None) -> torch.device:
+        """The device of the sampling tables; a sampler without any (``LogUniform``, ``Uniform``)
+        works where ``default`` is (the draws' device), else on CPU."""
         for b in self.buffers():
             return b.device
-        return torch.device("cpu")
+        return default if default is not None else torch.device("cpu")
 
     def _apply(self, fn, recurse=True):
         # keep float64 sampling tables in float64 when a parent module is cast (model.float())
@@ -398,7 +400,7 @@ class CandidateSampler(nn.Module):
             ids, num_tries = unique_by_rejection(lambda m: self._draw(m, gen), s)
         else:
             ids, num_tries = self._draw(s, gen), s
-        dev = self._device()
+        dev = self._device(ids.device)  # table-free samplers compute where the head's generator drew
         ids = ids.to(dev)
         sampled_ec = expected_count(self._prob64(ids), s, num_tries)
         true_ec = expected_count(self._prob64(tc.to(dev).reshape(-1)), s, num_tries)
