@@ -40,7 +40,9 @@ from .candidates import (
     _rebuild_after_load,
     inverse_cdf,
 )
+from . import candidates as _candidates
 from .._validate import check_unit as _check_unit
+from .._validate import sync_free
 
 __all__ = ["Bigram", "expected_count_per_row", "unique_per_row"]
 
@@ -68,12 +70,25 @@ def unique_per_row(draw, num_rows: int, num_sampled: int) -> Tuple[Tensor, Tenso
     :func:`bigsoftmax.samplers.unique_by_rejection` on the same stream.
     """
     draws = draw(2 * num_sampled)
+    fixed = num_rows > 0 and sync_free(draws)
+    if fixed:
+        # sync-free (accelerators, compile): the loop's doublings up to UNIQUE_BLOCK·S without checking
+        # in between: the very stream the loop would draw, so the same result whenever that block
+        # holds S distinct ids per row (a device assert otherwise); costs one sort of the block
+        while draws.shape[1] < _candidates.UNIQUE_BLOCK * num_sampled:
+            draws = torch.cat([draws, draw(draws.shape[1])], dim=1)
     while True:
         M = draws.shape[1]
         sv, order = torch.sort(draws, dim=1, stable=True)
         new = torch.ones_like(sv, dtype=torch.bool)
         new[:, 1:] = sv[:, 1:] != sv[:, :-1]
         first = torch.zeros_like(new).scatter_(1, order, new)
+        if fixed:
+            torch._assert_async((first.sum(1) >= num_sampled).all(),
+                                f"unique per-row candidate sampling: a row has fewer than num_sampled={num_sampled} "
+                                f"distinct ids in a block of {M} draws (raise samplers.candidates.UNIQUE_BLOCK "
+                                f"or lower num_sampled)")
+            break
         if num_rows == 0 or bool((first.sum(1) >= num_sampled).all()):
             break
         draws = torch.cat([draws, draw(M)], dim=1)
