@@ -283,9 +283,9 @@ def test_cuda_per_row_head_matches_cpu(gather):
 
 # ----------------------------------------------------------------------------- no host sync (issue 13 item 2)
 @pytest.mark.parametrize("ignore", [False, True], ids=["all-kept", "ignored-rows"])
-@pytest.mark.parametrize("unique", [False, True], ids=["replacement", "unique"])
-def test_bigram_head_step_is_sync_free_and_gives_the_cpu_numbers(unique, ignore):
-    """A per-example (Bigram) SampledSoftmax step on the sync-free path: no host sync in "off" and
+@pytest.mark.parametrize("kind", ["bigram", "bigram-unique", "mixed", "mixed-unique-shared"])
+def test_per_row_head_step_is_sync_free_and_gives_the_cpu_numbers(kind, ignore):
+    """A per-example (Bigram, Mixed) SampledSoftmax step on the sync-free path: no host sync in "off" and
     "device" validation, and the CPU path's loss and gradients. With ignored rows the sync-free path
     draws for every row (the CPU path for the kept ones only: a [10, m] draw is another stream than a
     [12, m] one), so there the two paths are compared on the same given candidates."""
@@ -301,7 +301,11 @@ def test_bigram_head_step_is_sync_free_and_gives_the_cpu_numbers(unique, ignore)
 
     def make():
         torch.manual_seed(0)
-        return SampledSoftmax(8, 50, 10, sampler=S.Bigram(50, tokens, unique=unique), seed=0).double()
+        if kind.startswith("mixed"):
+            sampler = S.Mixed(S.LogUniform(50, unique=kind.endswith("shared")), S.Bigram(50, tokens, unique=False), 4)
+        else:
+            sampler = S.Bigram(50, tokens, unique=kind.endswith("unique"))
+        return SampledSoftmax(8, 50, 10, sampler=sampler, seed=0).double()
 
     sv = None
     if ignore:

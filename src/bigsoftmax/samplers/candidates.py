@@ -176,6 +176,10 @@ def unique_by_rejection(draw: Callable[[int], Tensor], num_sampled: int) -> Tupl
     ``num_tries`` = 1 + the position of the draw that produced the S-th distinct id -- surplus draws
     of the last batch are discarded and not counted, so the result is exactly what a sequential
     draw-until-S-distinct loop over the same stream would give.
+
+    When :func:`bigsoftmax._validate.sync_free` (accelerators, compile) there is no loop: one block
+    of ``UNIQUE_BLOCK · S`` draws (the loop's stream) is ranked on device and ``num_tries`` comes
+    back as a 0-d device tensor (see :func:`_unique_first_in_block`): no host sync.
     """
     draws = draw(2 * num_sampled)
     if sync_free(draws):
