@@ -51,3 +51,57 @@ def test_build_sampler_errors(sampler, err, match):
 def test_build_sampler_default():
     s = build_sampler(None, 10, 3, lambda v: S.LogUniform(v, unique=True))
     assert isinstance(s, S.LogUniform) and s.range_max == 10
+
+
+# ----------------------------------------------------------------------------- the generator follows the head's device
+def test_a_move_on_the_same_device_keeps_the_generator_and_its_stream():
+    a, b = SampledSoftmax(8, 50, 5, seed=3), SampledSoftmax(8, 50, 5, seed=3)
+    g = b.generator
+    b.to("cpu").double().float()
+    assert b.generator is g
+    y = torch.tensor([1, 2])
+    assert torch.equal(a.draw(y[:, None])[0], b.draw(y[:, None])[0])
+
+
+class _FakeDeviceGenerator:
+    """Stands in for torch.Generator(device=...) of an accelerator (the CPU test machine has none)."""
+
+    def __init__(self, device):
+        self.device = torch.device(device)
+        self.seed = None
+
+    def manual_seed(self, s):
+        self.seed = s
+        return self
+
+
+def test_generator_on_another_device_is_seeded_from_the_stream(monkeypatch):
+    from bigsoftmax.heads import _candidates as C
+
+    src1, src2 = seeded_generator(7), seeded_generator(7)
+    monkeypatch.setattr(C.torch, "Generator", _FakeDeviceGenerator)
+    g1, g2 = C.generator_on(src1, torch.device("cuda", 0)), C.generator_on(src2, torch.device("cuda", 0))
+    monkeypatch.undo()
+    assert g1.device == torch.device("cuda", 0) and g1.seed == g2.seed  # deterministic in the source state
+    ref = seeded_generator(7)
+    assert g1.seed == int(torch.randint(0, 2**62, (1,), generator=ref))  # one draw of the source stream
+    assert torch.equal(src1.get_state(), ref.get_state())
+    # same device (or meta): the generator itself, untouched
+    assert C.generator_on(src1, torch.device("cpu")) is src1 and C.generator_on(src1, torch.device("meta")) is src1
+
+
+def test_a_head_moved_to_another_device_takes_a_generator_there(monkeypatch):
+    from bigsoftmax.heads import _candidates as C
+
+    head = SampledSoftmax(8, 50, 5, seed=3)
+    seen = []
+    monkeypatch.setattr(C, "generator_on", lambda g, d: seen.append(d) or g)
+    head.to(torch.float64)
+    assert seen == [head.weight.device]  # every _apply asks for a generator on the weight's device
+
+
+def test_table_free_samplers_compute_where_the_draws_are():
+    s = S.LogUniform(50)
+    assert s._device(torch.device("meta")) == torch.device("meta") and s._device() == torch.device("cpu")
+    u = S.Unigram(torch.ones(50, dtype=torch.float64))
+    assert u._device(torch.device("meta")) == torch.device("cpu")  # tables decide

@@ -279,3 +279,49 @@ def test_cuda_per_row_head_matches_cpu(gather):
     a = heads[0](h, y, context=prev)
     c = heads[1](h.cuda(), y.cuda(), context=prev.cuda())  # both heads draw with their CPU generators
     torch.testing.assert_close(a, c.cpu())
+
+
+# ----------------------------------------------------------------------------- no host sync (issue 13 item 2)
+@pytest.mark.parametrize("ignore", [False, True], ids=["all-kept", "ignored-rows"])
+@pytest.mark.parametrize("kind", ["bigram", "bigram-unique", "mixed", "mixed-unique-shared"])
+def test_per_row_head_step_is_sync_free_and_gives_the_cpu_numbers(kind, ignore):
+    """A per-example (Bigram, Mixed) SampledSoftmax step on the sync-free path: no host sync in "off" and
+    "device" validation, and the CPU path's loss and gradients. With ignored rows the sync-free path
+    draws for every row (the CPU path for the kept ones only: a [10, m] draw is another stream than a
+    [12, m] one), so there the two paths are compared on the same given candidates."""
+    import bigsoftmax
+    from bigsoftmax._validate import force_sync_free
+
+    from .._host_sync import count_host_syncs
+
+    tokens = torch.randint(0, 50, (2000,), generator=torch.Generator().manual_seed(0))
+    y, ctx = tokens[1:13].clone(), tokens[:12]
+    if ignore:
+        y[[1, 5]] = -100
+
+    def make():
+        torch.manual_seed(0)
+        if kind.startswith("mixed"):
+            sampler = S.Mixed(S.LogUniform(50, unique=kind.endswith("shared")), S.Bigram(50, tokens, unique=False), 4)
+        else:
+            sampler = S.Bigram(50, tokens, unique=kind.endswith("unique"))
+        return SampledSoftmax(8, 50, 10, sampler=sampler, seed=0).double()
+
+    sv = None
+    if ignore:
+        with force_sync_free():
+            sv = make().draw(torch.where(y >= 0, y, 0)[:, None], ctx)
+
+    def step(mode, sf, given=None):
+        head = make()
+        h = torch.randn(12, 8, dtype=torch.float64, generator=torch.Generator().manual_seed(1)).requires_grad_()
+        with bigsoftmax.validation(mode), force_sync_free(sf), count_host_syncs() as syncs:
+            loss = head(h, y, context=ctx) if given is None else head(h, y, sampled_values=given)
+            loss.backward()
+        return loss.detach(), h.grad, head.weight.grad, head.bias.grad, syncs
+
+    for mode in ("off", "device"):
+        assert step(mode, True)[-1] == []
+    ref, got = step("eager", False, sv), step("eager", True, sv)
+    for a, b in zip(ref[:-1], got[:-1]):
+        torch.testing.assert_close(b, a, rtol=1e-10, atol=1e-12)

@@ -187,6 +187,39 @@ def test_unique_per_row_equals_a_sequential_loop(rows, s, seed):
     assert a.tolist() == ids[0].tolist() and n == int(tries[0])
 
 
+@settings(max_examples=30, deadline=None)
+@given(st.integers(1, 5), st.integers(1, 6), st.integers(0, 10_000))
+def test_sync_free_unique_per_row_equals_the_loop(rows, s, seed):
+    """The fixed-block path (accelerators, compile): the loop's ids and num_tries, no host sync."""
+    from bigsoftmax._validate import force_sync_free
+
+    from .._host_sync import count_host_syncs
+
+    table = torch.randint(0, s + 2, (rows, 4096), generator=gen(seed))
+
+    def drawer():
+        used = [0]
+
+        def draw(m):
+            out = table[:, used[0]:used[0] + m]
+            used[0] += m
+            return out
+        return draw
+
+    ref_ids, ref_tries = unique_per_row(drawer(), rows, s)
+    with force_sync_free(), count_host_syncs() as syncs:
+        ids, tries = unique_per_row(drawer(), rows, s)
+    assert syncs == []
+    assert torch.equal(ids, ref_ids) and torch.equal(tries, ref_tries)
+
+
+def test_sync_free_unique_per_row_fails_loudly_on_a_short_block():
+    from bigsoftmax._validate import force_sync_free
+
+    with force_sync_free(), pytest.raises(RuntimeError, match="fewer than num_sampled=3 distinct"):
+        unique_per_row(lambda m: torch.zeros(2, m, dtype=torch.long), 2, 3)
+
+
 # ----------------------------------------------------------------------------- state
 def test_state_dict_round_trip_and_validation_before_mutation():
     q = _bigram()

@@ -222,6 +222,54 @@ def test_unique_by_rejection_equals_sequential_loop(prefix, s, seed):
     assert tries == ref_tries
 
 
+@settings(max_examples=40, deadline=None)
+@given(st.lists(st.integers(0, 12), min_size=1, max_size=200), st.integers(1, 13), st.integers(0, 2**31))
+def test_sync_free_unique_draw_equals_sequential_loop(prefix, s, seed):
+    """The fixed-block path (accelerators, compile) gives the loop's ids and num_tries on the same
+    stream, num_tries as a device tensor, without a host sync."""
+    from bigsoftmax._validate import force_sync_free
+
+    from .._host_sync import count_host_syncs
+
+    rng = np.random.default_rng(seed)
+    stream = prefix + list(range(13)) + rng.integers(0, 13, 5000).tolist()
+    pos = [0]
+
+    def draw(m):
+        out = torch.tensor(stream[pos[0]:pos[0] + m], dtype=torch.long)
+        pos[0] += m
+        return out
+
+    with force_sync_free(), count_host_syncs() as syncs:
+        ids, tries = unique_by_rejection(draw, s)
+    assert syncs == [] and isinstance(tries, torch.Tensor) and tries.dim() == 0
+    ref_ids, ref_tries = _sequential_reference(stream, s)
+    assert ids.tolist() == ref_ids
+    assert int(tries) == ref_tries
+
+
+def test_sync_free_unique_draw_fails_loudly_on_a_short_block():
+    """Fewer than num_sampled distinct ids in the block: a device assert, never a wrong sample."""
+    from bigsoftmax._validate import force_sync_free
+
+    with force_sync_free(), pytest.raises(RuntimeError, match="fewer than num_sampled=3 distinct"):
+        unique_by_rejection(lambda m: torch.zeros(m, dtype=torch.long).index_fill_(0, torch.tensor([m - 1]), 1), 3)
+
+
+@pytest.mark.parametrize("make", [lambda: S.LogUniform(50), lambda: S.Uniform(50),
+                                  lambda: S.Unigram(torch.arange(50, 0, -1).double())], ids=["loguniform", "uniform", "unigram"])
+def test_sync_free_sample_equals_cpu_sample(make):
+    """A sampler's unique draw on the sync-free path: the CPU path's candidates and expected counts."""
+    from bigsoftmax._validate import force_sync_free
+
+    tc = torch.tensor([[3], [7], [0]])
+    a = make().sample(tc, 10, gen(3))
+    with force_sync_free():
+        b = make().sample(tc, 10, gen(3))
+    for x, y in zip(a, b):
+        assert torch.equal(x, y)
+
+
 def test_uniform_unique_mean_num_tries_matches_coupon_collector():
     """E[num_tries] for S distinct out of V uniform ids is sum_k V/(V-k) exactly (sum of geometric
     waiting times); num_tries is recovered from the expected count 1-(1-1/V)^n."""

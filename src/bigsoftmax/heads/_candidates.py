@@ -25,7 +25,7 @@ from typing import Callable, Optional, Tuple
 import torch
 from torch import Tensor, nn
 
-__all__ = ["build_sampler", "seeded_generator", "draw_candidates", "support_size", "CandidateMixin"]
+__all__ = ["build_sampler", "seeded_generator", "generator_on", "draw_candidates", "support_size", "CandidateMixin"]
 
 
 def support_size(sampler) -> int:
@@ -129,8 +129,39 @@ def _draw_fake(labels, handle, num_sampled, update, context):
             labels.new_empty(shape, dtype=torch.float32))
 
 
+def generator_on(generator: torch.Generator, device: torch.device) -> torch.Generator:
+    """``generator`` itself when it lives on ``device``, else a generator on ``device`` seeded from
+    ``generator``'s stream (one 62-bit draw): deterministic, so the same head state moved to the same
+    device always continues with the same candidates. A torch.Generator is per device, and a head
+    must draw where its weights are (no ids copied host -> device every step, issue 13 item 2)."""
+    device = torch.device(device)
+    if device.type == "meta" or generator.device == device or (
+            device.type == generator.device.type and device.index is None):
+        return generator
+    seed = int(torch.randint(0, 2**62, (1,), generator=generator, device=generator.device))
+    g = torch.Generator(device=device)
+    g.manual_seed(seed)
+    return g
+
+
 class CandidateMixin:
-    """``draw`` for a head holding ``sampler``, ``num_sampled`` and ``generator`` (an ``nn.Module``)."""
+    """``draw`` for a head holding ``sampler``, ``num_sampled`` and ``generator`` (an ``nn.Module``).
+
+    The generator follows the head's weight across devices (``head.to("cuda")``: see
+    :func:`generator_on`), so the draws happen on the head's device; its state is the head's
+    ``_extra_state`` in ``state_dict``.
+    """
+
+    def _apply(self, fn, recurse=True):
+        out = super()._apply(fn, recurse)
+        gen = self.__dict__.get("generator")
+        try:
+            w = getattr(self, "weight", None)
+        except AttributeError:  # a weight property of a half-built subclass
+            w = None
+        if isinstance(gen, torch.Generator) and isinstance(w, Tensor):
+            self.generator = generator_on(gen, w.device)
+        return out
 
     def draw(self, labels: Tensor, context: Optional[Tensor] = None):
         """Draw ``num_sampled`` candidates for labels [N, num_true] with ``self.generator``; the sampler
@@ -153,7 +184,15 @@ class CandidateMixin:
                                f"state (a 1-D uint8 tensor from torch.Generator.get_state()), got "
                                f"{type(state).__name__}")
         try:
-            self.generator.set_state(state.cpu())
+            state = state.cpu()
+            if self.generator.device.type != "cpu" and state.numel() != self.generator.get_state().numel():
+                # a CPU head's stream (an older or a CPU checkpoint) loaded into a head on an
+                # accelerator: continue it as moving that CPU head here would (generator_on)
+                cpu = torch.Generator()
+                cpu.set_state(state)
+                self.generator = generator_on(cpu, self.generator.device)
+            else:
+                self.generator.set_state(state)
         except RuntimeError as e:
             raise RuntimeError(f"{type(self).__name__}: the state_dict's _extra_state is not a valid generator state "
                                f"({e})") from None

@@ -17,7 +17,7 @@ from ..ops import sampled as ops
 from ._candidates import CandidateMixin, build_sampler, draw_candidates, seeded_generator
 from ._init import init_class_rows, tie_class_rows
 from .base import Head, LinearEvalMixin, check_target, masked_reduce, reduce_loss
-from .._validate import assert_ids_in_range, check_choice, check_int, device_checks
+from .._validate import assert_ids_in_range, check_choice, check_int, device_checks, sync_free
 from .._validate import check_per_row_values as _check_per_row
 from .rows import ClassRowsMixin
 
@@ -170,11 +170,17 @@ class SamplingHead(ClassRowsMixin, CandidateMixin, LinearEvalMixin, Head):
         keep = first != self.ignore_index
         if sampled_values is not None:
             sampled_values = _check_per_row(sampled_values, keep.shape[0])
-        if torch.compiler.is_compiling():
-            # no host sync under torch.compile: every row is scored (ignored ones on class 0), masked after
+        if sync_free(h):
+            # no host sync (accelerators, torch.compile): every row is scored (ignored ones on class 0,
+            # context 0), masked after; costs the ignored rows' share of the step instead of a read of keep
             y = torch.where(keep.reshape(-1, *([1] * (y.dim() - 1))), y, torch.zeros_like(y))
-            if ctx is not None and device_checks():
-                assert_ids_in_range(ctx, 0, self.num_classes, "context")
+            if ctx is not None:
+                ctx = torch.where(keep, ctx, torch.zeros_like(ctx))
+                if torch.compiler.is_compiling():
+                    if device_checks():
+                        assert_ids_in_range(ctx, 0, self.num_classes, "context")
+                else:
+                    check_target(ctx, self.num_classes, None, name="context")
             per = self._sampled_loss(h, y.reshape(-1, self.num_true), sampled_values, ctx)
             return masked_reduce(per, keep, shape, self.reduction)
         if not bool(keep.all()):

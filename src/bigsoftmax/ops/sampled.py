@@ -36,7 +36,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .._validate import check_choice, check_not_meta, values_checked
+from .._validate import check_choice, check_not_meta, sync_free, values_checked
 
 Weights = Union[Tensor, Sequence[Tensor]]
 SampledValues = Tuple[Tensor, Tensor, Tensor]
@@ -280,7 +280,7 @@ def hit_mask(labels: Tensor, sampled: Tensor) -> Tensor:
     """
     if sampled.dim() == 2:
         return (sampled[:, :, None] == labels[:, None, :]).any(dim=-1)
-    if torch.compiler.is_compiling():  # dense O(B·S·T) comparison: no data-dependent shapes in a graph
+    if sync_free(sampled):  # dense O(B·S·T) comparison: no data-dependent shapes (accelerators, compile)
         return (sampled[None, :, None] == labels[:, None, :]).any(dim=-1)
     rows, cols = hit_pairs(labels, sampled)
     mask = torch.zeros(labels.shape[0], sampled.shape[0], dtype=torch.bool, device=sampled.device)
@@ -383,7 +383,8 @@ def sampled_logits_parts(
     sampled = sampled.to(inputs.device)
     T = labels.shape[1]
     inv = None
-    if sampled.dim() == 2 and gather == "unique":
+    if sampled.dim() == 2 and gather == "unique" and not sync_free(sampled):
+        # (sync-free: the "rows" layout, same numbers; torch.unique sizes the pool from the data)
         pool, inv = torch.unique(sampled, return_inverse=True)
     else:
         pool = sampled.reshape(-1)
@@ -722,11 +723,13 @@ def fused_sampled_softmax(
             hits[:, P:] = hit_mask(labels, sampled[:, P:])
         pool = torch.cat([sampled[0, :P], sampled[:, P:].reshape(-1)])
         return _FusedSampledSoftmax.apply(inputs, weight, bias, labels, pool, None, tlq, slq, hits, sparse, False, P)
-    if remove_accidental_hits:  # shared [S]: the few (row, col) hit pairs; per example (and compiled): a [B, S] mask
-        pairs = sampled.dim() == 1 and not torch.compiler.is_compiling()  # pairs have a data-dependent size
+    if remove_accidental_hits:  # shared [S] on CPU: the few (row, col) hit pairs; per example and sync-free: a [B, S] mask
+        pairs = sampled.dim() == 1 and not sync_free(sampled)  # pairs have a data-dependent size (a host sync)
         hits = hit_pairs(labels, sampled) if pairs else hit_mask(labels, sampled)
     inv, rows = None, False
-    if sampled.dim() == 2 and gather == "unique":
+    if sampled.dim() == 2 and gather == "unique" and not sync_free(sampled):
+        # sync-free (accelerators, compile): the "rows" layout instead, same numbers at B·S·d gather
+        # traffic; torch.unique would size the pool from the data (a host sync)
         pool, inv = torch.unique(sampled, return_inverse=True)
     else:
         pool, rows = sampled.reshape(-1), sampled.dim() == 2

@@ -40,7 +40,9 @@ from .candidates import (
     _rebuild_after_load,
     inverse_cdf,
 )
+from . import candidates as _candidates
 from .._validate import check_unit as _check_unit
+from .._validate import sync_free
 
 __all__ = ["Bigram", "expected_count_per_row", "unique_per_row"]
 
@@ -68,12 +70,25 @@ def unique_per_row(draw, num_rows: int, num_sampled: int) -> Tuple[Tensor, Tenso
     :func:`bigsoftmax.samplers.unique_by_rejection` on the same stream.
     """
     draws = draw(2 * num_sampled)
+    fixed = num_rows > 0 and sync_free(draws)
+    if fixed:
+        # sync-free (accelerators, compile): the loop's doublings up to UNIQUE_BLOCK·S without checking
+        # in between: the very stream the loop would draw, so the same result whenever that block
+        # holds S distinct ids per row (a device assert otherwise); costs one sort of the block
+        while draws.shape[1] < _candidates.UNIQUE_BLOCK * num_sampled:
+            draws = torch.cat([draws, draw(draws.shape[1])], dim=1)
     while True:
         M = draws.shape[1]
         sv, order = torch.sort(draws, dim=1, stable=True)
         new = torch.ones_like(sv, dtype=torch.bool)
         new[:, 1:] = sv[:, 1:] != sv[:, :-1]
         first = torch.zeros_like(new).scatter_(1, order, new)
+        if fixed:
+            torch._assert_async((first.sum(1) >= num_sampled).all(),
+                                f"unique per-row candidate sampling: a row has fewer than num_sampled={num_sampled} "
+                                f"distinct ids in a block of {M} draws (raise samplers.candidates.UNIQUE_BLOCK "
+                                f"or lower num_sampled)")
+            break
         if num_rows == 0 or bool((first.sum(1) >= num_sampled).all()):
             break
         draws = torch.cat([draws, draw(M)], dim=1)
@@ -297,6 +312,8 @@ class Bigram(CandidateSampler):
         ``[N, K]``. ``context`` [N] and ``ids`` [K] on the buffers' device.
         """
         V = self.range_max
+        if sync_free(ids):
+            return self._cond_prob_columns_dense(context, ids, scale, add)
         uc, cinv = torch.unique(context, return_inverse=True)
         su, sinv = torch.unique(ids, return_inverse=True)  # sorted distinct ids; ids = su[sinv]
         uni = (self._uw[su] / self._ucdf[-1]) if self.lam < 1 else torch.zeros(su.shape, dtype=torch.float64,
@@ -321,6 +338,28 @@ class Bigram(CandidateSampler):
         if add is not None:
             table += add.to(device=table.device, dtype=torch.float32)[None, :]
         return table.index_select(0, cinv)
+
+    def _cond_prob_columns_dense(self, context: Tensor, ids: Tensor, scale: float, add: Optional[Tensor]) -> Tensor:
+        """:meth:`_cond_prob_columns` with fixed shapes (accelerators, compile): N·K binary searches
+        of ``context · V + id`` in the sorted bigram keys instead of the distinct-context CSR walk
+        (no unique, no data-sized expansion); the same float64 terms in the same order, so the same
+        float32 table."""
+        N, K = context.shape[0], ids.shape[0]
+        uni = (self._uw[ids] / self._ucdf[-1]) if self.lam < 1 else torch.zeros(ids.shape, dtype=torch.float64,
+                                                                              device=ids.device)
+        tot = self._row_total[context]
+        lam = torch.where(tot > 0, self.lam, 0.0).to(torch.float64)
+        table = ((1.0 - lam) * scale)[:, None] * uni[None, :]  # [N, K] float64
+        if self.lam > 0 and self.keys.numel() and K:
+            key = context[:, None] * self.range_max + ids[None, :]
+            pos = torch.searchsorted(self.keys, key).clamp_(max=self.keys.numel() - 1)
+            hit = self.keys[pos] == key
+            w = (lam * scale / tot.clamp(min=1).to(torch.float64))[:, None] * self.pair_counts[pos].to(torch.float64)
+            table = torch.where(hit, table + w, table)
+        table = table.to(torch.float32)
+        if add is not None:
+            table += add.to(device=table.device, dtype=torch.float32)[None, :]
+        return table
 
     def _draw_rows(self, context: Tensor, m: int, generator: Optional[torch.Generator]) -> Tensor:
         """[N, m] i.i.d. draws, row n from Q(· | context[n]); one float64 uniform per draw."""

@@ -52,6 +52,7 @@ from .._validate import check_generator as _check_generator
 from .._validate import check_int_strict as _check_int
 from .._validate import check_tf_range_max as _check_tf_range_max
 from .._validate import check_true_classes as _check_true_classes
+from .._validate import sync_free
 
 __all__ = [
     "CandidateSamples",
@@ -116,6 +117,10 @@ def expected_count(prob: Tensor, num_sampled: int, num_tries: int) -> Tensor:
     ``unique=False``), else ``1 - (1 - P(c))**num_tries`` computed as
     ``-expm1(num_tries * log1p(-P(c)))`` (exact 1 for P(c) = 1, 0 for P(c) = 0).
     """
+    if isinstance(num_tries, Tensor):  # a device count (the sync-free unique draw): the same choice, on device
+        tries = num_tries.to(device=prob.device, dtype=prob.dtype)
+        return torch.where(num_tries.to(prob.device) == num_sampled, prob * num_sampled,
+                           -torch.expm1(tries * torch.log1p(-prob)))
     if num_tries == num_sampled:
         return prob * num_sampled
     return -torch.expm1(num_tries * torch.log1p(-prob))
@@ -171,8 +176,14 @@ def unique_by_rejection(draw: Callable[[int], Tensor], num_sampled: int) -> Tupl
     ``num_tries`` = 1 + the position of the draw that produced the S-th distinct id -- surplus draws
     of the last batch are discarded and not counted, so the result is exactly what a sequential
     draw-until-S-distinct loop over the same stream would give.
+
+    When :func:`bigsoftmax._validate.sync_free` (accelerators, compile) there is no loop: one block
+    of ``UNIQUE_BLOCK · S`` draws (the loop's stream) is ranked on device and ``num_tries`` comes
+    back as a 0-d device tensor (see :func:`_unique_first_in_block`): no host sync.
     """
     draws = draw(2 * num_sampled)
+    if sync_free(draws):
+        return _unique_first_in_block(torch.cat([draws, draw((UNIQUE_BLOCK - 2) * num_sampled)]), num_sampled)
     while True:
         uniq, inv = torch.unique(draws, return_inverse=True)
         if uniq.numel() >= num_sampled:
@@ -184,6 +195,37 @@ def unique_by_rejection(draw: Callable[[int], Tensor], num_sampled: int) -> Tupl
     first = first.scatter_reduce_(0, inv, pos, reduce="amin", include_self=True)
     first = torch.sort(first).values[:num_sampled]
     return draws[first], int(first[-1]) + 1
+
+
+#: the sync-free unique draw (:func:`unique_by_rejection` on an accelerator / under compile) draws
+#: this many times ``num_sampled`` ids in one block
+UNIQUE_BLOCK = 32
+
+
+def _unique_first_in_block(draws: Tensor, num_sampled: int) -> Tuple[Tensor, Tensor]:
+    """The first ``num_sampled`` distinct ids of ``draws`` [M] in draw order, and ``num_tries`` = 1 +
+    the position of the S-th distinct one, as a 0-d device tensor: no host sync, fixed shapes.
+
+    A stable sort finds each value's first occurrence, a cumsum over the draw order ranks the
+    first occurrences, and a scatter puts the ranks 1..S into the S slots. On the same stream this
+    is exactly :func:`unique_by_rejection`'s sequential result whenever the block holds S distinct
+    ids (it costs one sort of M = ``UNIQUE_BLOCK`` · S draws instead of the loop's ~2 S). A block
+    with fewer than S distinct ids (an S close to the number of classes with nonzero probability,
+    or a very peaked distribution) fails a device assert rather than return a wrong sample.
+    """
+    S, M = num_sampled, draws.numel()
+    sorted_ids, order = torch.sort(draws, stable=True)
+    new = torch.ones(M, dtype=torch.bool, device=draws.device)
+    new[1:] = sorted_ids[1:] != sorted_ids[:-1]
+    first = torch.zeros_like(new).scatter_(0, order, new)  # first occurrence of its value, in draw order
+    rank = first.long().cumsum(0)  # 1-based rank of the distinct ids (at their first occurrence)
+    slot = torch.where(first & (rank <= S), rank - 1, torch.full_like(rank, S))
+    ids = draws.new_zeros(S + 1).scatter_(0, slot, draws)[:S]
+    pos = torch.arange(M, device=draws.device)
+    num_tries = torch.where(first & (rank == S), pos, torch.zeros_like(pos)).amax() + 1
+    torch._assert_async(rank[-1] >= S, f"unique candidate sampling: fewer than num_sampled={S} distinct ids in a "
+                                       f"block of {M} draws (raise samplers.candidates.UNIQUE_BLOCK or lower num_sampled)")
+    return ids, num_tries
 
 
 def fenwick_build(counts: Tensor) -> Tensor:
@@ -319,10 +361,12 @@ class CandidateSampler(nn.Module):
         """Number of classes with nonzero probability (upper bound on num_sampled when unique)."""
         return self.range_max
 
-    def _device(self) -> torch.device:
+    def _device(self, default: Optional[torch.device] = None) -> torch.device:
+        """The device of the sampling tables; a sampler without any (``LogUniform``, ``Uniform``)
+        works where ``default`` is (the draws' device), else on CPU."""
         for b in self.buffers():
             return b.device
-        return torch.device("cpu")
+        return default if default is not None else torch.device("cpu")
 
     def _apply(self, fn, recurse=True):
         # keep float64 sampling tables in float64 when a parent module is cast (model.float())
@@ -360,7 +404,7 @@ class CandidateSampler(nn.Module):
             ids, num_tries = unique_by_rejection(lambda m: self._draw(m, gen), s)
         else:
             ids, num_tries = self._draw(s, gen), s
-        dev = self._device()
+        dev = self._device(ids.device)  # table-free samplers compute where the head's generator drew
         ids = ids.to(dev)
         sampled_ec = expected_count(self._prob64(ids), s, num_tries)
         true_ec = expected_count(self._prob64(tc.to(dev).reshape(-1)), s, num_tries)
