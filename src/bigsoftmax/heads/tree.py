@@ -29,6 +29,11 @@ Costs with N rows, depth D, arity A, width d:
   (default 65536: the root and the popular clusters of a class-based tree, the top of a Huffman
   tree); all other (example, node) pairs are scored by a chunked gather-dot per arity bucket
   (memory O(chunk), never O(N * D * A * d)). The Python loop runs over those popular nodes only.
+* training on an accelerator / under ``torch.compile`` (``_validate.sync_free``): no host read;
+  every row gets ``tree.depth`` pairs (padding masked) and the grouping above is replaced by a
+  static plan (the root: one GEMM over all rows; the nodes below: one gather padded to the widest
+  of them), so O(N * depth * max_arity * d): more than the CPU path for unbalanced trees (long
+  Huffman codes, class-based trees with a few large clusters), the price of a fixed shape.
 * ``log_prob``: exact [N, V], level by level (node log-probs, then children), O(N * S * d).
 * ``topk``: exact. A beam search (per row, the best nodes holding >= k classes) gives k real
   leaves, whose k-th log-prob ``t`` is a lower bound on the true k-th best; then a level-synchronous branch-and-bound over all rows at
