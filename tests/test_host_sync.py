@@ -41,6 +41,9 @@ HEADS = {
     "HierarchicalSoftmax": lambda: H.HierarchicalSoftmax(D, _counts()),
     "HierarchicalSoftmax-arity4": lambda: H.HierarchicalSoftmax(D, _counts(), arity=4),
     "ClassBasedSoftmax": lambda: H.ClassBasedSoftmax(D, _counts()),
+    "HierarchicalSoftmax-sparse": lambda: H.HierarchicalSoftmax(D, _counts(), sparse=True),
+    "TreeSoftmax": lambda: H.TreeSoftmax(D, bigsoftmax.trees.from_nested(
+        [list(range(10)), [list(range(10, 20)), [20, 21, 22], list(range(23, 30))], list(range(30, V))])),
     "ArcFace": lambda: H.ArcFace(D, V),
     "CosFace": lambda: H.CosFace(D, V),
     "WeightedSoftmax": lambda: H.WeightedSoftmax(D, V, class_weights=torch.linspace(0.5, 2.0, V)),
@@ -57,13 +60,6 @@ BUDGET = {
     # .tolist() of n_clusters + 1 ints per step (torch.nn.AdaptiveLogSoftmaxWithLoss needs one per tail)
     "AdaptiveSoftmax": 1,
 }
-
-#: cases not yet sync-free (each entry is work left; strict, so a fixed one must leave this set)
-NOT_YET = set(HEADS)
-NOT_YET -= {"FullSoftmax", "FullSoftmax-smoothing", "SelfNormalizedSoftmax", "ArcFace", "CosFace", "WeightedSoftmax", "SoftSoftmax", "L2ConstrainedSoftmax", "AdditiveMarginSoftmax", "SphereFace", "LargeMarginSoftmax"}  # ops/lse family
-NOT_YET -= {"SampledSoftmax", "SampledSoftmax-sparse", "SampledSoftmax-replacement", "NCE", "NegativeSampling",
-            "SampledLogistic"}  # sampled family
-
 
 def _make(name):
     torch.manual_seed(0)
@@ -93,9 +89,7 @@ def _step(name, ignore, mode, sync_free):
 @pytest.mark.parametrize("mode", ["off", "device"])
 @pytest.mark.parametrize("ignore", [False, True], ids=["all-kept", "ignored-rows"])
 @pytest.mark.parametrize("name", sorted(HEADS))
-def test_training_step_makes_no_host_sync(name, ignore, mode, request):
-    if name in NOT_YET:
-        request.applymarker(pytest.mark.xfail(strict=True, reason="not yet sync-free"))
+def test_training_step_makes_no_host_sync(name, ignore, mode):
     *_, syncs = _step(name, ignore, mode, True)
     assert len(syncs) <= BUDGET.get(name, 0), "\n".join(f"{op}: {where}" for op, where in syncs)
 

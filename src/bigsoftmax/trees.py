@@ -118,15 +118,16 @@ class Tree:
         return float((c * self.leaf_depth.numpy()).sum() / c.sum())
 
     # ------------------------------------------------------------------ paths
-    def path_slots(self, classes: Tensor) -> Tuple[Tensor, Tensor]:
+    def path_slots(self, classes: Tensor, max_depth: Optional[int] = None) -> Tuple[Tensor, Tensor]:
         """Slots on the paths of ``classes`` [N], ordered leaf to root.
 
-        Returns ``(slots [N, D], mask [N, D])`` with ``D`` the largest depth among ``classes``;
+        Returns ``(slots [N, D], mask [N, D])`` with ``D`` the largest depth among ``classes``
+        (or ``max_depth`` when given, e.g. ``tree.depth``: no host read of the classes' depths);
         ``slots[i, t]`` is the slot chosen at depth ``leaf_depth - 1 - t``; padded entries
         (``mask`` False) hold valid but meaningless slot ids. Works on any device of ``classes``
         when the tree tensors are given on the same device (heads keep them as buffers).
         """
-        return _path_slots(classes, self.leaf_slot, self.leaf_depth, self.slot_node, self.node_parent_slot)
+        return _path_slots(classes, self.leaf_slot, self.leaf_depth, self.slot_node, self.node_parent_slot, max_depth)
 
     @cached_property
     def _root_paths(self) -> Tuple[Tensor, Tensor, Tensor]:
@@ -163,10 +164,15 @@ class Tree:
         )
 
 
-def _path_slots(classes, leaf_slot, leaf_depth, slot_node, node_parent_slot):
+def _path_slots(classes, leaf_slot, leaf_depth, slot_node, node_parent_slot, max_depth: Optional[int] = None):
+    """See :meth:`Tree.path_slots`. ``max_depth`` (the tree's depth, a Python int) fixes ``D``
+    without reading ``leaf_depth[classes].max()`` on the host (the sync-free path of the heads)."""
     s = leaf_slot[classes]
     depth = leaf_depth[classes]
-    D = int(depth.max()) if depth.numel() else 1
+    if max_depth is not None:
+        D = max(1, int(max_depth))
+    else:
+        D = int(depth.max()) if depth.numel() else 1
     cols = [s]
     for _ in range(D - 1):
         s = node_parent_slot[slot_node[s]].clamp_min(0)  # the root's -1 is clamped; masked below

@@ -209,6 +209,33 @@ def test_sparse_gradients_equal_dense(kind, threshold):
     assert sparse.sparse_parameters() == [sparse.weight, sparse.bias] and dense.sparse_parameters() == []
 
 
+@pytest.mark.parametrize("sparse", [False, True], ids=["dense", "sparse"])
+@pytest.mark.parametrize("threshold", [0, 1 << 40], ids=["cpu-grouped", "cpu-gathered"])
+@pytest.mark.parametrize("kind", sorted(FACTORIES))
+def test_fixed_shape_path_matches_the_data_dependent_path(kind, threshold, sparse):
+    """The host-sync-free path (tree.depth pairs per row, padding masked; the root one GEMM) gives
+    the CPU path's loss and gradients, whether the CPU path grouped the popular nodes or not."""
+    from bigsoftmax._validate import force_sync_free
+
+    results = []
+    for fixed in (False, True):
+        head = make(kind, V=40)
+        head.sparse = sparse
+        head.group_threshold = threshold
+        g = torch.Generator().manual_seed(3)
+        h = torch.randn(30, D, dtype=torch.float64, generator=g, requires_grad=True)
+        y = torch.randint(0, 40, (30,), generator=g)
+        y[[4, 11]] = -100
+        with force_sync_free(fixed):
+            loss = head(h, y)
+            loss.backward()
+        grads = [p.grad.to_dense() if p.grad.is_sparse else p.grad for p in (head.weight, head.bias) if p is not None]
+        assert all(p.grad.is_sparse == sparse for p in (head.weight, head.bias) if p is not None)
+        results.append((loss.detach(), h.grad, *grads))
+    for a, b in zip(*results):
+        torch.testing.assert_close(b, a, rtol=1e-10, atol=1e-12)
+
+
 def test_sparse_training_with_make_optimizer_reduces_loss():
     from bigsoftmax.optim import make_optimizer, split_params
 

@@ -38,7 +38,7 @@ from torch import Tensor, nn
 from ..ops._opaque import bound_handle, call_opaque
 from ..ops.lse import linear_logsumexp
 from .base import Head, chunked_topk
-from .._validate import check_counts, check_cutoffs, check_div_value as _check_div
+from .._validate import sync_free, check_counts, check_cutoffs, check_div_value as _check_div
 from ..vocab import _floor_zero_counts
 
 __all__ = [
@@ -336,6 +336,8 @@ class AdaptiveSoftmax(Head):
             )
         fk = {"device": device, "dtype": dtype}
         self.register_buffer("_bounds", torch.tensor(bounds, dtype=torch.long, device=device), persistent=False)
+        # the bucketize boundaries of _cluster_of, kept on the head's device (no per-step copy)
+        self.register_buffer("_cluster_starts", torch.tensor(cut, dtype=torch.long, device=device), persistent=False)
 
         # head: shortlist rows (own or tied view) + one row per tail cluster
         if tie_weight is not None:
@@ -480,7 +482,7 @@ class AdaptiveSoftmax(Head):
     # ------------------------------------------------------------------ math
     def _cluster_of(self, y: Tensor) -> Tensor:
         """[N] cluster index: 0 = shortlist, j = tail cluster j (1-based)."""
-        return torch.bucketize(y, self._bounds[:-1].to(y.device), right=True)
+        return torch.bucketize(y, self._cluster_starts, right=True)
 
     def _head_logits(self, h: Tensor) -> Tensor:
         return F.linear(h, self.full_head_weight(), self.head_bias_param)
@@ -492,20 +494,28 @@ class AdaptiveSoftmax(Head):
     def _loss(self, h: Tensor, y: Tensor) -> Tensor:
         """−log p(y | h) [N]; tail clusters without a row of this batch (and, for an empty batch, every
         parameter) join the graph through an exact zero-weight term, so ``DistributedDataParallel``
-        needs no ``find_unused_parameters`` (every parameter gets a gradient, zero where unused)."""
-        out = -self._target_log_prob(h, y)
+        needs no ``find_unused_parameters`` (every parameter gets a gradient, zero where unused).
+
+        The tails' row counts are read on the host once per step (they size the tail GEMMs: the one
+        host sync of a training step on an accelerator; none under ``torch.compile``)."""
         if torch.compiler.is_compiling():  # no host sync: every tail joins through the exact zero term
+            out = -self._target_log_prob(h, y)
             unused = [p for j in range(self.n_clusters) for p in (self.tail_proj[j], self.tail_weight[j])
                       if p.requires_grad]
         elif h.shape[0] == 0:
+            out = -self._target_log_prob(h, y)
             unused = [p for p in self.parameters() if p.requires_grad]
         else:
-            counts = torch.bincount(self._cluster_of(y), minlength=self.n_clusters + 1).tolist()
+            lp, counts = self._tlp_and_counts(h, y, *self._tlp_params())
+            out = -lp
             unused = [p for j in range(self.n_clusters) if counts[j + 1] == 0
                       for p in (self.tail_proj[j], self.tail_weight[j]) if p.requires_grad]
         if unused and torch.is_grad_enabled():
             out = out + sum(p.sum() for p in unused).to(out.dtype) * 0.0
         return out
+
+    def _tlp_params(self) -> List[Optional[Tensor]]:
+        return [self.full_head_weight(), self.head_bias_param, *self.tail_proj, *self.tail_weight]
 
     def _target_log_prob(self, h: Tensor, y: Tensor) -> Tensor:
         """log p(y | h) [N] evaluating only the tail clusters present (one sort, one row gather).
@@ -514,7 +524,7 @@ class AdaptiveSoftmax(Head):
         :func:`linear_logsumexp`; tail part for the rows of cluster j (contiguous after a stable sort
         by cluster): ``z_j[y - c_j] - lse_j`` on ``x_j = h_rows @ P_j.T``.
         """
-        params = [self.full_head_weight(), self.head_bias_param, *self.tail_proj, *self.tail_weight]
+        params = self._tlp_params()
         if torch.compiler.is_compiling():
             # the tail clusters present are read from the data: the same code as one opaque op
             return call_opaque(self._tlp_handle(), [h, y, *params])[0]
@@ -529,18 +539,30 @@ class AdaptiveSoftmax(Head):
     def _tail_target_log_prob(self, h: Tensor, y: Tensor, head_w: Tensor, head_b: Optional[Tensor],
                               *tails: Tensor) -> Tensor:
         """:meth:`_target_log_prob` on the given parameters (``tails``: the J projections, then the J weights)."""
+        return self._tlp_and_counts(h, y, head_w, head_b, *tails)[0]
+
+    def _tlp_and_counts(self, h: Tensor, y: Tensor, head_w: Tensor, head_b: Optional[Tensor],
+                        *tails: Tensor) -> Tuple[Tensor, List[int]]:
+        """(:meth:`_tail_target_log_prob`, the rows per cluster ``[n_shortlist, n_1, ..., n_J]`` on the host).
+
+        The counts are the one host read (``.tolist()``); when :func:`~bigsoftmax._validate.sync_free`
+        they are made by a scatter-add rather than ``bincount`` (which reads the max id on the host)."""
         proj, tail_w = tails[: self.n_clusters], tails[self.n_clusters:]
         N = h.shape[0]
         acc = torch.promote_types(h.dtype, torch.float32)
         if N == 0:
-            return h.new_zeros(0, dtype=acc) + h.sum() * 0
+            return h.new_zeros(0, dtype=acc) + h.sum() * 0, [0] * (self.n_clusters + 1)
         cid = self._cluster_of(y)
         head_t = torch.where(cid == 0, y, cid + (self.shortlist_size - 1))
         lse_h, zt_h = linear_logsumexp(h, head_w, head_b, head_t)
         out = zt_h - lse_h
-        counts = torch.bincount(cid, minlength=self.n_clusters + 1).tolist()
+        if sync_free(h):
+            counts = torch.zeros(self.n_clusters + 1, dtype=torch.long, device=cid.device).index_add_(
+                0, cid, torch.ones_like(cid)).tolist()
+        else:
+            counts = torch.bincount(cid, minlength=self.n_clusters + 1).tolist()
         if sum(counts[1:]) == 0:
-            return out
+            return out, counts
         order = torch.argsort(cid, stable=True)
         n0 = counts[0]
         rows = order[n0:]
@@ -557,7 +579,7 @@ class AdaptiveSoftmax(Head):
             parts.append(zt - lse)
             start += c
         tail_lp = torch.cat(parts) if len(parts) > 1 else parts[0]
-        return out.index_add(0, rows, tail_lp.to(out.dtype))
+        return out.index_add(0, rows, tail_lp.to(out.dtype)), counts
 
     def _log_prob(self, h: Tensor) -> Tensor:
         """[N, V] exact log-probabilities (shortlist from the head; tails add the cluster log-prob)."""

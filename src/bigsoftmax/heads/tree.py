@@ -29,6 +29,11 @@ Costs with N rows, depth D, arity A, width d:
   (default 65536: the root and the popular clusters of a class-based tree, the top of a Huffman
   tree); all other (example, node) pairs are scored by a chunked gather-dot per arity bucket
   (memory O(chunk), never O(N * D * A * d)). The Python loop runs over those popular nodes only.
+* training on an accelerator / under ``torch.compile`` (``_validate.sync_free``): no host read;
+  every row gets ``tree.depth`` pairs (padding masked) and the grouping above is replaced by a
+  static plan (the root: one GEMM over all rows; the nodes below: one gather padded to the widest
+  of them), so O(N * depth * max_arity * d): more than the CPU path for unbalanced trees (long
+  Huffman codes, class-based trees with a few large clusters), the price of a fixed shape.
 * ``log_prob``: exact [N, V], level by level (node log-probs, then children), O(N * S * d).
 * ``topk``: exact. A beam search (per row, the best nodes holding >= k classes) gives k real
   leaves, whose k-th log-prob ``t`` is a lower bound on the true k-th best; then a level-synchronous branch-and-bound over all rows at
@@ -47,6 +52,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 from .. import trees as T
+from .._validate import sync_free
 from ..ops._opaque import bound_handle, call_opaque
 from ..ops.tree import Part as _Part
 from ..ops.tree import PathLogProb as _PathLogProb
@@ -186,6 +192,13 @@ class TreeSoftmax(ClassRowsMixin, Head):
         self.level_ptr = tree.level_ptr
         self.level_slot_ptr = tuple(off[p] for p in tree.level_ptr)
         self._has_dummies = tree.num_dummies > 0
+        # the fixed-shape (host-sync-free) path kernel's plan: Python ints read once here, from the CPU tree
+        self._max_depth = tree.depth
+        self._root_arity = int(tree.node_arity[0])
+        below = tree.node_arity[1:]
+        self._below_arity = int(below.max()) if below.numel() else 0
+        self._below_ragged = bool(below.numel()) and (bool((below != self._below_arity).any())
+                                                      or not bool(tree.slot_valid[self._root_arity:].all()))
         self._level_plan = self._make_level_plan()
         # number of classes below each node (the beam keeps just enough nodes to hold k classes)
         leaves = torch.zeros(tree.num_nodes, dtype=torch.long)
@@ -310,6 +323,8 @@ class TreeSoftmax(ClassRowsMixin, Head):
 
     def _path_log_prob(self, h: Tensor, weight: Tensor, bias: Optional[Tensor], y: Tensor) -> Tensor:
         """The eager path kernel on the given parameters: [N, d], [R, d], [R] | None, [N] -> [N]."""
+        if sync_free(h):
+            return self._path_log_prob_fixed(h, weight, bias, y)
         slots, mask = T._path_slots(y, self.leaf_slot, self.leaf_depth, self.slot_node, self.node_parent_slot)
         rows, pos = mask.nonzero(as_tuple=True)  # (row, depth) pairs, row-major
         s = slots[rows, pos]
@@ -317,6 +332,46 @@ class TreeSoftmax(ClassRowsMixin, Head):
         child = s - self.node_offset[nodes]
         valid = self.slot_valid if self._has_dummies else None
         return _PathLogProb.apply(h, weight, bias, self._parts(rows, nodes), child, valid, self.sparse)
+
+    def _path_log_prob_fixed(self, h: Tensor, weight: Tensor, bias: Optional[Tensor], y: Tensor) -> Tensor:
+        """The path kernel without a host read (accelerators, ``torch.compile``, :func:`force_sync_free`).
+
+        Every row gets ``D = tree.depth`` (row, depth) pairs, root first; the pairs beyond a row's
+        path are padding, masked to add exactly 0 (:class:`~bigsoftmax.ops.tree.Part` ``keep``).
+        Sigmoid trees: one gather part over the ``N * D`` pairs. Softmax trees: the root (on every
+        path) is one GEMM over all rows; the pairs below it are one gather part padded to the widest
+        non-root node. Same numbers as the data-dependent CPU path (up to summation order); it
+        costs O(N * D_max * A_max * d) instead of O(sum of path lengths * A * d) there, and no
+        per-node GEMM grouping of popular nodes below the root.
+        """
+        N, D = y.shape[0], self._max_depth
+        dev = y.device
+        slots, _ = T._path_slots(y, self.leaf_slot, self.leaf_depth, self.slot_node, self.node_parent_slot, D)
+        depth = self.leaf_depth[y]
+        p = torch.arange(D, device=dev)
+        keep = p < depth[:, None]  # [N, D], root first
+        s = slots.gather(1, (depth[:, None] - 1 - p).clamp_min(0))  # leaf-to-root -> root-first
+        nodes = self.slot_node[s]
+        child = (s - self.node_offset[nodes]).reshape(-1)
+        rows = torch.arange(N, device=dev)
+        valid = self.slot_valid if self._has_dummies else None
+        if self.sigmoid:
+            part = _Part("sigmoid", None, rows[:, None].expand(N, D).reshape(-1), nodes.reshape(-1, 1),
+                         keep=keep.reshape(-1))
+            return _PathLogProb.apply(h, weight, bias, [part], child, valid, self.sparse)
+        parts = [_Part("grouped", rows * D, rows, offs=(0,), counts=(N,), arities=(self._root_arity,))]
+        if D > 1:
+            nd = nodes[:, 1:].reshape(-1)
+            off, a = self.node_offset[nd], self.node_arity[nd]
+            j = torch.arange(self._below_arity, device=dev)
+            ok = j < a[:, None]
+            index = off[:, None] + torch.where(ok, j, 0)
+            if self._has_dummies:
+                ok = ok & self.slot_valid[index]
+            sel = (rows[:, None] * D + p[1:]).reshape(-1)
+            parts.append(_Part("gather", sel, rows[:, None].expand(N, D - 1).reshape(-1), index,
+                               ok if self._below_ragged else None, keep=keep[:, 1:].reshape(-1)))
+        return _PathLogProb.apply(h, weight, bias, parts, child, valid, self.sparse)
 
     def _path_log_prob_fake(self, h: Tensor, weight: Tensor, bias: Optional[Tensor], y: Tensor) -> Tensor:
         return h.new_empty(h.shape[0], dtype=_acc(torch.promote_types(h.dtype, weight.dtype)))

@@ -50,6 +50,9 @@ class Part(NamedTuple):
     kind 'grouped': pairs sorted by node; node u owns slots ``offs[u] : offs[u] + arities[u]``
     and the next ``counts[u]`` pairs.
     ``sel`` [P]: positions of these pairs in the caller's pair list (None: all, in order).
+    ``keep`` [P] bool ('sigmoid' / 'gather' only): False at padding pairs of a fixed-shape pair list
+    (the host-sync-free path), which then add exactly 0 to the output and to every gradient
+    (None: every pair is real).
     """
 
     kind: str
@@ -60,6 +63,7 @@ class Part(NamedTuple):
     offs: Tuple[int, ...] = ()
     counts: Tuple[int, ...] = ()
     arities: Tuple[int, ...] = ()
+    keep: Optional[Tensor] = None
 
 
 # ----------------------------------------------------------------------------- scoring
@@ -122,6 +126,11 @@ def softmax_pairs(z: Tensor, child: Tensor) -> Tuple[Tensor, Tensor]:
     picked = (z.gather(1, child[:, None]) - lse).squeeze(1)
     pr = torch.exp(z - lse)
     return picked, pr.scatter_add_(1, child[:, None], pr.new_full((child.numel(), 1), -1.0))
+
+
+def _drop_padding(keep: Tensor, lp: Tensor, D: Tensor) -> Tuple[Tensor, Tensor]:
+    """Zero the log-prob [P] and ``D`` [P, K] of padding pairs (``keep`` False): no host read."""
+    return torch.where(keep, lp, 0.0), torch.where(keep[:, None], D, 0.0)
 
 
 # ----------------------------------------------------------------------------- backward steps
@@ -241,6 +250,8 @@ class PathLogProb(torch.autograd.Function):
             ch = child if part.sel is None else child.index_select(0, part.sel)
             if part.kind == "sigmoid":
                 lp, D = sigmoid_pairs(gather_scores(h, weight, bias, part.rows, part.index).squeeze(1).to(acc), ch)
+                if part.keep is not None:
+                    lp, D = _drop_padding(part.keep, lp, D)
                 out.index_add_(0, part.rows, lp)
                 saved.append([D])
                 continue
@@ -250,6 +261,9 @@ class PathLogProb(torch.autograd.Function):
             else:
                 blocks, chs = grouped_scores(h, weight, bias, part, valid, acc), ch.split(list(part.counts))
             picked, ds = zip(*(softmax_pairs(z, c) for z, c in zip(blocks, chs)))
+            if part.keep is not None:  # one 'gather' block
+                lp, D = _drop_padding(part.keep, picked[0], ds[0])
+                picked, ds = (lp,), (D,)
             out.index_add_(0, part.rows, picked[0] if len(picked) == 1 else torch.cat(picked))
             saved.append(list(ds))
         ctx.save_for_backward(h, weight)
