@@ -36,7 +36,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..ops._opaque import bound_handle, call_opaque
-from ..ops.lse import linear_logsumexp
+from ..ops.lse import linear_logsumexp, linear_logsumexp_unchecked
 from .base import Head, chunked_topk
 from .._validate import sync_free, check_counts, check_cutoffs, check_div_value as _check_div
 from ..vocab import _floor_zero_counts
@@ -554,7 +554,7 @@ class AdaptiveSoftmax(Head):
             return h.new_zeros(0, dtype=acc) + h.sum() * 0, [0] * (self.n_clusters + 1)
         cid = self._cluster_of(y)
         head_t = torch.where(cid == 0, y, cid + (self.shortlist_size - 1))
-        lse_h, zt_h = linear_logsumexp(h, head_w, head_b, head_t)
+        lse_h, zt_h = linear_logsumexp_unchecked(h, head_w, head_b, head_t)
         out = zt_h - lse_h
         if sync_free(h):
             counts = torch.zeros(self.n_clusters + 1, dtype=torch.long, device=cid.device).index_add_(
@@ -575,7 +575,7 @@ class AdaptiveSoftmax(Head):
             if c == 0:
                 continue
             x = F.linear(h_t[start : start + c], proj[j])
-            lse, zt = linear_logsumexp(x, tail_w[j], None, rel[start : start + c])
+            lse, zt = linear_logsumexp_unchecked(x, tail_w[j], None, rel[start : start + c])
             parts.append(zt - lse)
             start += c
         tail_lp = torch.cat(parts) if len(parts) > 1 else parts[0]

@@ -81,6 +81,7 @@ __all__ = [
     "smoothing_grads",
     "linear_cross_entropy",
     "linear_logsumexp",
+    "linear_logsumexp_unchecked",
 ]
 
 LOG2E = 1.0 / math.log(2.0)
@@ -924,11 +925,23 @@ def linear_logsumexp(
             raise ValueError(f"target must be a tensor of shape {tuple(lead)} (input's leading shape)")
         check_target(target, V)
         y = target.reshape(-1).long()
-    cdt = compute_dtype(input, weight, bias)
+    lse, zt = linear_logsumexp_unchecked(x, weight, bias, y, chunk_size=chunk_size, recompute=recompute,
+                                         exclude_target=exclude_target)
+    return lse.reshape(lead), (None if zt is None else zt.reshape(lead))
+
+
+def linear_logsumexp_unchecked(x: Tensor, weight: Tensor, bias: Optional[Tensor], y: Optional[Tensor], *,
+                               chunk_size: Optional[int] = None, recompute: Optional[bool] = None,
+                               exclude_target: bool = False) -> Tuple[Tensor, Optional[Tensor]]:
+    """:func:`linear_logsumexp` on ``x [N, d]`` and int64 ``y [N]`` (or None) without the argument checks:
+    for callers that built their targets in range themselves (AdaptiveSoftmax's head and tail targets,
+    checked once at the head's entry), which saves the per-call value reads of ``check_target``."""
+    V, d = weight.shape
+    cdt = compute_dtype(x, weight, bias)
     acc = acc_dtype(cdt)
     chunk = min(chunk_size if chunk_size is not None else default_chunk_size(x.shape[0], V), V)
     p = KernelParams(chunk, cdt, acc, exclude_target=bool(exclude_target))
-    if not _wants_grad(input, weight, bias):
+    if not _wants_grad(x, weight, bias):
         with torch.no_grad(), torch.autocast(x.device.type, enabled=False):
             lse = lse2_of(*local_row_stats(x.to(cdt) * LOG2E, weight, bias, p, y)) * LN2
             zt = target_logit(x, weight, bias, y, p) if (y is not None and not exclude_target) else None
@@ -943,4 +956,4 @@ def linear_logsumexp(
         else:
             lse, zt = _LinearLogSumExp.apply(x, weight, bias, y, p, bool(stored))
         zt = zt if (y is not None and not exclude_target) else None
-    return lse.reshape(lead), (None if zt is None else zt.reshape(lead))
+    return lse, zt
