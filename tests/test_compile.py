@@ -25,6 +25,7 @@ HEADS = {
     "HierarchicalSoftmax": lambda: H.HierarchicalSoftmax(D, _counts()),
     "NCE": lambda: H.NCE(D, V, num_sampled=10, seed=0),
     "ArcFace": lambda: H.ArcFace(D, V),
+    "ArcFace-partialfc": lambda: H.ArcFace(D, V, s=8.0, num_sampled=10, seed=0),
 }
 
 

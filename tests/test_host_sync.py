@@ -45,6 +45,12 @@ HEADS = {
     "TreeSoftmax": lambda: H.TreeSoftmax(D, bigsoftmax.trees.from_nested(
         [list(range(10)), [list(range(10, 20)), [20, 21, 22], list(range(23, 30))], list(range(30, V))])),
     "ArcFace": lambda: H.ArcFace(D, V),
+    "ArcFace-partialfc": lambda: H.ArcFace(D, V, s=8.0, num_sampled=10, seed=0),
+    "CosFace-partialfc-sparse": lambda: H.CosFace(D, V, s=8.0, num_sampled=10, seed=0, sparse=True),
+    "CosFace-sampled-logq": lambda: H.CosFace(D, V, s=8.0, num_sampled=10, seed=0, sampler=bigsoftmax.samplers.LogUniform(V),
+                                              include_batch_positives=False, subtract_log_q=True),
+    "SampledSoftmax-learned": lambda: H.SampledSoftmax(D, V, num_sampled=10, seed=0,
+                                                        sampler=bigsoftmax.samplers.LearnedUnigram(V)),
     "CosFace": lambda: H.CosFace(D, V),
     "WeightedSoftmax": lambda: H.WeightedSoftmax(D, V, class_weights=torch.linspace(0.5, 2.0, V)),
     "SoftSoftmax": lambda: H.SoftSoftmax(D, V, temperature=2.0, label_smoothing=0.1),
@@ -59,6 +65,8 @@ BUDGET = {
     # rows go to the tail their target falls in: the tails' row counts size the tail GEMMs, one
     # .tolist() of n_clusters + 1 ints per step (torch.nn.AdaptiveLogSoftmaxWithLoss needs one per tail)
     "AdaptiveSoftmax": 1,
+    # the learned sampler's draws take a Python-int randint bound: the new total is one int(mask.sum())
+    "SampledSoftmax-learned": 1,
 }
 
 def _make(name):
@@ -143,3 +151,21 @@ def test_diagnostics_counter_forces_the_accelerator_paths_and_checks_its_argumen
         assert not _validate.sync_free()
     with pytest.raises(TypeError, match="sync_free must be a bool or None"):
         public(sync_free="yes")
+
+
+@pytest.mark.parametrize("name", ["SampledSoftmax-learned", "ArcFace-partialfc"])
+def test_sync_free_step_teaches_a_learned_sampler_only_the_kept_rows(name):
+    """The fixed-shape step keeps ignored rows on class 0: neither the learned sampler's counts
+    nor the batch positives of Partial FC may see them (same counts, total and tree; the draws
+    themselves differ: the fixed-shape unique draw consumes a block of the generator's stream)."""
+    states = []
+    for sf in (False, True):
+        head = _make(name)
+        if name.startswith("ArcFace"):
+            head.sampler = bigsoftmax.samplers.LearnedUnigram(V)
+        h, y = _batch(True)
+        with force_sync_free(sf):
+            head(h, y).backward()
+            states.append((head.sampler.counts.clone(), head.sampler._total, head.sampler._tree.clone()))
+    (c0, t0, d0), (c1, t1, d1) = states
+    assert torch.equal(c0, c1) and t0 == t1 and torch.equal(d0, d1)

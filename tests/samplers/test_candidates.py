@@ -543,6 +543,34 @@ def test_fenwick_tree_matches_cumsum(counts, updates):
         assert torch.equal(fenwick_search(tree, r), ref)
 
 
+@settings(max_examples=40, deadline=None)
+@given(st.lists(st.integers(0, 5), min_size=1, max_size=70), st.lists(st.tuples(st.integers(0, 69), st.integers(0, 3)),
+                                                                     min_size=1, max_size=60))
+def test_fenwick_add_with_per_id_deltas_matches_rebuild(counts, updates):
+    """Per-id deltas (the masked learned update) over every tree size, ids near the end included."""
+    c = torch.tensor(counts, dtype=torch.long)
+    tree = fenwick_build(c)
+    ids = torch.tensor([u for u, _ in updates]) % c.numel()
+    delta = torch.tensor([w for _, w in updates])
+    fenwick_add(tree, ids, delta)
+    assert torch.equal(tree, fenwick_build(c.index_add(0, ids, delta)))
+
+
+def test_learned_update_mask_counts_only_the_kept_rows():
+    y = torch.tensor([[3, 4], [5, 6], [7, 7]])
+    keep = torch.tensor([True, False, True])
+    a, b = LearnedUnigram(10), LearnedUnigram(10)
+    a.update(y, mask=keep)
+    b.update(y[keep])
+    assert torch.equal(a.counts, b.counts) and a._total == b._total and torch.equal(a._tree, b._tree)
+    g1, g2 = torch.Generator().manual_seed(0), torch.Generator().manual_seed(0)
+    assert torch.equal(a.sample(y, 5, g1)[0], b.sample(y, 5, g2)[0])
+    with pytest.raises(ValueError, match=r"mask must have shape \[3\]"):
+        a.update(y, mask=keep[:2])
+    with pytest.raises(TypeError, match="mask must be a bool"):
+        a.update(y, mask=keep.long())
+
+
 def test_learned_unigram_function_is_tf_initial_state():
     tc = torch.tensor([[1], [2]])
     ids, te, se = S.learned_unigram_candidate_sampler(tc, 1, 10, False, 40, seed=0)

@@ -10,7 +10,8 @@ share live here, once:
 - :func:`seeded_generator`: the head's generator (``seed=None``: a seed drawn from torch's global RNG);
 - :func:`draw_candidates`: one draw for a batch of labels (per example with a context-dependent
   sampler), then the learned-sampler update, as TF does;
-- :class:`CandidateMixin`: ``head.draw(labels, context=None)`` on ``self.sampler``/``self.generator``.
+- :class:`CandidateMixin`: ``head.draw(labels, context=None, row_keep=None)`` on
+  ``self.sampler``/``self.generator``.
 
 What each head does with the candidates (accidental-hit masking, batch positives, the loss) stays in
 the head.
@@ -18,6 +19,7 @@ the head.
 
 from __future__ import annotations
 
+import inspect
 import itertools
 import weakref
 from typing import Callable, Optional, Tuple
@@ -71,7 +73,7 @@ def seeded_generator(seed: Optional[int]) -> torch.Generator:
 
 
 def draw_candidates(sampler, labels: Tensor, num_sampled: int, generator: torch.Generator, update: bool = True,
-                    context: Optional[Tensor] = None):
+                    context: Optional[Tensor] = None, row_keep: Optional[Tensor] = None):
     """Draw ``num_sampled`` candidates for labels [N, num_true]; then, as TF does, let a learned
     sampler count this batch's labels (so they shape the next draws, not this one).
 
@@ -85,6 +87,9 @@ def draw_candidates(sampler, labels: Tensor, num_sampled: int, generator: torch.
         generator: the ``torch.Generator`` every random draw uses.
         update: call ``sampler.update(labels)`` after the draw (training mode).
         context: int64 ``[N]``, the previous token of each row (context-dependent samplers only).
+        row_keep: bool ``[N]`` or None: the rows the learned sampler counts. A head's fixed-shape
+            (sync-free) step keeps its ignored rows in the batch (their labels set to class 0) and
+            passes its non-ignored rows here, so the sampler learns what the dropping path teaches it.
 
     Returns:
         ``(sampled_candidates [S] or [N, S], true_expected_count [N, num_true],
@@ -95,8 +100,20 @@ def draw_candidates(sampler, labels: Tensor, num_sampled: int, generator: torch.
     else:
         out = sampler.sample(labels, num_sampled, generator=generator)
     if update and hasattr(sampler, "update"):
-        sampler.update(labels)
+        if row_keep is None:
+            sampler.update(labels)
+        elif _takes_mask(sampler.update):
+            sampler.update(labels, mask=row_keep)
+        else:  # a user's sampler with update(true_classes) only: drop the rows (a host read, still exact)
+            sampler.update(labels[row_keep])
     return out
+
+
+def _takes_mask(update) -> bool:
+    try:
+        return "mask" in inspect.signature(update).parameters
+    except (TypeError, ValueError):  # pragma: no cover - builtins without a signature
+        return False
 
 
 # ----------------------------------------------------------------------------- the draw under torch.compile
@@ -112,17 +129,18 @@ _NEXT_HANDLE = itertools.count(1)
 
 @torch.library.custom_op("bigsoftmax::draw_candidates", mutates_args=())
 def _draw_op(labels: Tensor, handle: int, num_sampled: int, update: bool,
-             context: Optional[Tensor]) -> Tuple[Tensor, Tensor, Tensor]:
+             context: Optional[Tensor], row_keep: Optional[Tensor]) -> Tuple[Tensor, Tensor, Tensor]:
     head = _DRAWERS.get(handle)
     if head is None:
         raise RuntimeError(f"bigsoftmax::draw_candidates: no live head with handle {handle}")
-    out = draw_candidates(head.sampler, labels, num_sampled, head.generator, update=update, context=context)
+    out = draw_candidates(head.sampler, labels, num_sampled, head.generator, update=update, context=context,
+                          row_keep=row_keep)
     # outputs of a custom op may not alias its inputs
     return tuple(t if t is not labels and t is not context else t.clone() for t in out)
 
 
 @_draw_op.register_fake
-def _draw_fake(labels, handle, num_sampled, update, context):
+def _draw_fake(labels, handle, num_sampled, update, context, row_keep):
     n, t = labels.shape
     shape = (n, num_sampled) if context is not None else (num_sampled,)
     return (labels.new_empty(shape, dtype=torch.long), labels.new_empty((n, t), dtype=torch.float32),
@@ -163,14 +181,15 @@ class CandidateMixin:
             self.generator = generator_on(gen, w.device)
         return out
 
-    def draw(self, labels: Tensor, context: Optional[Tensor] = None):
+    def draw(self, labels: Tensor, context: Optional[Tensor] = None, row_keep: Optional[Tensor] = None):
         """Draw ``num_sampled`` candidates for labels [N, num_true] with ``self.generator``; the sampler
-        learns from the labels in training mode (see :func:`draw_candidates`). Under ``torch.compile``
-        the same draw runs as one opaque op (``bigsoftmax::draw_candidates``): no graph break, same ids."""
+        learns from the labels (of the rows where ``row_keep`` holds) in training mode (see
+        :func:`draw_candidates`). Under ``torch.compile`` the same draw runs as one opaque op
+        (``bigsoftmax::draw_candidates``): no graph break, same ids."""
         if torch.compiler.is_compiling():
-            return _draw_op(labels, self._draw_handle(), self.num_sampled, self.training, context)
+            return _draw_op(labels, self._draw_handle(), self.num_sampled, self.training, context, row_keep)
         return draw_candidates(self.sampler, labels, self.num_sampled, self.generator, update=self.training,
-                               context=context)
+                               context=context, row_keep=row_keep)
 
     # ------------------------------------------------------------- the generator in state_dict
     def get_extra_state(self) -> Tensor:

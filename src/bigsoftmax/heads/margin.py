@@ -51,7 +51,7 @@ from .._validate import check_int as _check_int
 from .._validate import check_real as _check_float
 from ..ops.lse import linear_cross_entropy, linear_logsumexp
 from ..ops.reduce import reduce_loss
-from .base import Head, LinearEvalMixin
+from .base import Head, LinearEvalMixin, masked_reduce
 from ._candidates import CandidateMixin, build_sampler, seeded_generator
 from ._init import init_class_rows, tie_class_rows
 from .._validate import check_scale as _check_scale
@@ -550,6 +550,32 @@ class MarginHead(ClassRowsMixin, CandidateMixin, LinearEvalMixin, Head):
                                   samp_exp.to(y.device)[keep]])
         return sampled, true_exp, samp_exp
 
+    def _fixed_candidates(self, y: Tensor, row_keep: Tensor, sampled_values=None):
+        """:meth:`candidates` in fixed shapes, without a host read (accelerators, ``torch.compile``):
+        ``(ids [S''], true_expected [N, 1], sampled_expected [S''], dead [S''] or None)``.
+
+        With ``include_batch_positives`` the ids are every row's target followed by the S draws
+        (``S'' = N + S``); ``dead`` marks the columns :meth:`candidates` leaves out -- a target that is
+        not its value's first kept occurrence, an ignored row's target (class 0 in the fixed-shape
+        step), a draw equal to a kept positive -- and the loss masks them, so every live class appears
+        once, as in :meth:`candidates`: the same loss and gradients.
+        """
+        y2 = y[:, None]
+        sampled, true_exp, samp_exp = (self.draw(y2, row_keep=row_keep) if sampled_values is None
+                                       else sampled_values)
+        sampled = sampled.to(y.device).long()
+        if not self.include_batch_positives:
+            return sampled, true_exp, samp_exp, None
+        n = y.shape[0]
+        ys, order = torch.sort(torch.where(row_keep, y, torch.full_like(y, self.num_classes)), stable=True)
+        first = torch.ones(n, dtype=torch.bool, device=y.device)
+        first[1:] = ys[1:] != ys[:-1]
+        live_pos = torch.zeros_like(first).scatter_(0, order, first) & row_keep
+        dead_draw = torch.isin(sampled, torch.where(row_keep, y, torch.full_like(y, -1)))
+        ids = torch.cat([y, sampled])
+        samp_exp = torch.cat([torch.ones(n, dtype=samp_exp.dtype, device=y.device), samp_exp.to(y.device)])
+        return ids, true_exp, samp_exp, torch.cat([~live_pos, dead_draw])
+
     def _parts(self, x: Tensor, y2: Tensor, sampled_values):
         """The library's shared sampled-logits core on this head's weight (sparse rows when ``sparse``)."""
         rt = functools.partial(_normalize, eps=self.eps) if self.normalize_weights else None
@@ -557,13 +583,21 @@ class MarginHead(ClassRowsMixin, CandidateMixin, LinearEvalMixin, Head):
                                        remove_accidental_hits=self.remove_accidental_hits, row_transform=rt,
                                        sparse=self.sparse)
 
-    def _sampled_loss(self, h: Tensor, y: Tensor, margin_fn: MarginFn, sampled_values=None) -> Tensor:
-        """Margin softmax over the positive and the candidates: [N, d], [N] -> [N] (see the class docstring)."""
+    def _sampled_loss(self, h: Tensor, y: Tensor, margin_fn: MarginFn, sampled_values=None,
+                      row_keep: Optional[Tensor] = None) -> Tensor:
+        """Margin softmax over the positive and the candidates: [N, d], [N] -> [N] (see the class docstring).
+
+        ``row_keep`` (bool [N]): the fixed-shape step, whose ignored rows stay in the batch on class 0;
+        their targets are then no batch positives (:meth:`_fixed_candidates`)."""
         acc = _acc(h.dtype)
         x = self._eval_hidden(h)
         scale = self.scale
+        if row_keep is None:
+            cand, dead = self.candidates(y, sampled_values), None
+        else:
+            *cand, dead = self._fixed_candidates(y, row_keep, sampled_values)
         # score s·x' against the candidates: the core's logits come out scaled (no extra [N, S] pass)
-        parts = self._parts(x * scale if scale != 1.0 else x, y[:, None], self.candidates(y, sampled_values))
+        parts = self._parts(x * scale if scale != 1.0 else x, y[:, None], tuple(cand))
         if self.normalize_weights:
             w_norm = torch.ones(y.shape[0], dtype=acc, device=h.device)
         else:  # L-Softmax needs ‖w_y‖: one more [N, d] gather (sparse like the core's)
@@ -577,7 +611,33 @@ class MarginHead(ClassRowsMixin, CandidateMixin, LinearEvalMixin, Head):
             zs = zs - parts.sampled_log_q.to(acc)[None, :]
         if parts.hit_mask is not None and (self.subtract_log_q or zs.dtype != parts.sampled_logits.dtype):
             zs = zs.masked_fill(parts.hit_mask, torch.finfo(acc).min)  # re-mask in the accumulation dtype
+        if dead is not None:  # columns candidates() leaves out (repeated / ignored positives, hit draws)
+            zs = zs.masked_fill(dead[None, :], torch.finfo(acc).min)
         return torch.logaddexp(torch.logsumexp(zs, dim=1), zt) - zt
+
+    def forward(self, hidden: Tensor, target: Tensor) -> Tensor:
+        # the protocol's forward (documented on Head.forward); sampled training drops or keeps the
+        # ignored rows itself, so that their targets never join the batch positives
+        if self.num_sampled is None or not self.training:
+            return super().forward(hidden, target)
+        h, y = self._flat_pair(hidden, target)
+        return self._sampled_forward(h, y, target.shape, None)
+
+    forward.__doc__ = Head.forward.__doc__
+
+    def _sampled_forward(self, h: Tensor, y: Tensor, shape, sampled_values) -> Tensor:
+        keep = y != self.ignore_index
+        margin_fn = self._step_margin()
+        if sync_free(h):  # fixed shapes, no host read: ignored rows ride along on class 0, masked after
+            ys = torch.where(keep, y, torch.zeros_like(y))
+            per = self._sampled_loss(h, ys, margin_fn, sampled_values, row_keep=keep)
+            return masked_reduce(per, keep, shape, self.reduction)
+        if not bool(keep.all()):
+            h, y = h[keep], y[keep]
+            if sampled_values is not None:
+                sampled_values = (sampled_values[0], sampled_values[1][keep], sampled_values[2])
+        per = self._sampled_loss(h, y, margin_fn, sampled_values)
+        return reduce_loss(per, keep, shape, self.reduction)
 
     def sampled_loss(self, hidden: Tensor, target: Tensor, sampled_values) -> Tensor:
         """Sampled margin objective with given TF-style ``sampled_values`` (ids [S], true_expected [N, 1],
@@ -585,12 +645,7 @@ class MarginHead(ClassRowsMixin, CandidateMixin, LinearEvalMixin, Head):
         if self.num_sampled is None:
             raise ValueError("sampled_loss needs a head built with num_sampled")
         h, y = self._flat_pair(hidden, target)
-        keep = y != self.ignore_index
-        if not bool(keep.all()):
-            h, y = h[keep], y[keep]
-            sampled_values = (sampled_values[0], sampled_values[1][keep], sampled_values[2])
-        per = self._sampled_loss(h, y, self._step_margin(), sampled_values)
-        return reduce_loss(per, keep, target.shape, self.reduction)
+        return self._sampled_forward(h, y, target.shape, sampled_values)
 
 
 class _AnnealedMixin:

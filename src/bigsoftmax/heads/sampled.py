@@ -181,7 +181,10 @@ class SamplingHead(ClassRowsMixin, CandidateMixin, LinearEvalMixin, Head):
                         assert_ids_in_range(ctx, 0, self.num_classes, "context")
                 else:
                     check_target(ctx, self.num_classes, None, name="context")
-            per = self._sampled_loss(h, y.reshape(-1, self.num_true), sampled_values, ctx)
+            y = y.reshape(-1, self.num_true)
+            if sampled_values is None:  # the draw sees the kept rows: a learned sampler counts only those
+                sampled_values = self.draw(y, ctx, row_keep=keep)
+            per = self._sampled_loss(h, y, sampled_values, ctx)
             return masked_reduce(per, keep, shape, self.reduction)
         if not bool(keep.all()):
             h, y = h[keep], y[keep]

@@ -228,6 +228,19 @@ def _unique_first_in_block(draws: Tensor, num_sampled: int) -> Tuple[Tensor, Ten
     return ids, num_tries
 
 
+def _check_update_mask(mask: Optional[Tensor], true_classes: Tensor) -> Optional[Tensor]:
+    """``mask`` of :meth:`CandidateSampler.update`: None, or a bool tensor ``[N]`` (``true_classes``' rows)."""
+    if mask is None:
+        return None
+    if not isinstance(mask, Tensor) or mask.dtype != torch.bool:
+        raise TypeError(f"mask must be a bool torch.Tensor of shape [N] (one flag per row of true_classes), got "
+                        f"{type(mask).__name__ if not isinstance(mask, Tensor) else mask.dtype}")
+    n = true_classes.shape[0] if true_classes.dim() else 1
+    if tuple(mask.shape) != (n,):
+        raise ValueError(f"mask must have shape [{n}] (one flag per row of true_classes), got {tuple(mask.shape)}")
+    return mask
+
+
 def fenwick_build(counts: Tensor) -> Tensor:
     """Fenwick (binary indexed) tree of integer ``counts`` [V] -> tree [V + 1] (index 0 unused).
 
@@ -241,14 +254,25 @@ def fenwick_build(counts: Tensor) -> Tensor:
     return tree
 
 
-def fenwick_add(tree: Tensor, ids: Tensor, delta: int = 1) -> None:
-    """Add ``delta`` to the counts of ``ids`` (0-based, repeats allowed) in place: O(len(ids) log V)."""
+def fenwick_add(tree: Tensor, ids: Tensor, delta: Union[int, Tensor] = 1) -> None:
+    """Add ``delta`` (an int, or one integer per id) to the counts of ``ids`` (0-based, repeats
+    allowed) in place: O(len(ids) log V).
+
+    A fixed ``bit_length(V) + 1`` rounds of one ``index_add_`` each (an index's lowest set bit
+    doubles every round, so by then every index has left the tree); indices already past the end
+    add 0 to the unused slot 0. Fixed shapes, no host read.
+    """
     v = tree.numel() - 1
     i = ids.reshape(-1).to(tree.device) + 1
-    while i.numel():
-        tree.index_add_(0, i, torch.full_like(i, delta, dtype=tree.dtype))
+    if isinstance(delta, Tensor):
+        d = delta.reshape(-1).to(device=tree.device, dtype=tree.dtype).expand(i.shape)
+    else:
+        d = torch.full_like(i, delta, dtype=tree.dtype)
+    zero = torch.zeros((), dtype=tree.dtype, device=tree.device)
+    for _ in range(v.bit_length() + 1):
+        live = i <= v
+        tree.index_add_(0, torch.where(live, i, torch.zeros_like(i)), torch.where(live, d, zero))
         i = i + (i & -i)
-        i = i[i <= v]
 
 
 def fenwick_search(tree: Tensor, r: Tensor) -> Tensor:
@@ -433,9 +457,16 @@ class CandidateSampler(nn.Module):
         dev = self._device()
         return self._prob64(torch.arange(self.range_max, device=dev)).to(torch.float32)
 
-    def update(self, true_classes: Tensor) -> None:
-        """Record observed classes (learned samplers only; a validated no-op here)."""
+    def update(self, true_classes: Tensor, mask: Optional[Tensor] = None) -> None:
+        """Record observed classes (learned samplers only; a validated no-op here).
+
+        Args:
+            true_classes: int64 ``[N, num_true]`` (or any shape) class ids.
+            mask: optional bool ``[N]``: count only the rows where it holds (a head's fixed-shape
+                step passes its non-ignored rows here instead of dropping them beforehand).
+        """
         _check_ids(true_classes, self.range_max, "true_classes")
+        _check_update_mask(mask, true_classes)
 
     def extra_repr(self) -> str:
         return f"range_max={self.range_max}, unique={self.unique}"
@@ -687,16 +718,28 @@ class LearnedUnigram(CandidateSampler):
         return self._num_valid
 
     @torch.no_grad()
-    def update(self, true_classes: Tensor) -> None:
-        """Add 1 to the count of every id in ``true_classes`` (any shape, repeats count)."""
-        ids = _check_ids(true_classes, self.range_max, "true_classes").reshape(-1).to(self.counts.device)
+    def update(self, true_classes: Tensor, mask: Optional[Tensor] = None) -> None:
+        """Add 1 to the count of every id in ``true_classes`` (any shape, repeats count); with a bool
+        ``mask`` [N], only of the rows ``true_classes[mask]`` (a head's ignored rows count nothing).
+
+        Fixed shapes throughout; with a ``mask`` the new total is one host read (``int(mask.sum())``:
+        the draws' ``randint`` bound is a Python int), the one host sync of a training step with this
+        sampler on an accelerator."""
+        ids = _check_ids(true_classes, self.range_max, "true_classes")
+        dev = self.counts.device
+        if _check_update_mask(mask, true_classes) is not None:
+            w = mask.to(dev).reshape(-1, *([1] * (ids.dim() - 1))).expand(ids.shape).reshape(-1).long()
+        else:
+            w = None
+        ids = ids.reshape(-1).to(dev)
         if ids.numel() == 0:
             return
         if self._num_valid < self.range_max:  # only after loading counts with zeros
-            self._num_valid += int(torch.unique(ids[self.counts[ids] == 0]).numel())
-        self.counts.index_add_(0, ids, torch.ones_like(ids))
-        fenwick_add(self._tree, ids, 1)
-        self._total += ids.numel()
+            new = self.counts[ids] == 0
+            self._num_valid += int(torch.unique(ids[new if w is None else new & w.bool()]).numel())
+        self.counts.index_add_(0, ids, torch.ones_like(ids) if w is None else w)
+        fenwick_add(self._tree, ids, 1 if w is None else w)
+        self._total += ids.numel() if w is None else int(w.sum())
 
     def _draw(self, n, generator):
         r = torch.randint(self._total, (n,), generator=generator, device=_gen_device(generator))

@@ -140,9 +140,12 @@ class Mixed(CandidateSampler):
         """Same as :meth:`sample`."""
         return self.sample(true_classes, num_sampled, generator, context=context)
 
-    def update(self, true_classes: Tensor) -> None:
-        """Let a learned shared sampler count the batch's classes."""
-        self.shared.update(true_classes)
+    def update(self, true_classes: Tensor, mask: Optional[Tensor] = None) -> None:
+        """Let a learned shared sampler count the batch's classes (the rows where ``mask`` holds)."""
+        if mask is None:
+            self.shared.update(true_classes)
+        else:
+            self.shared.update(true_classes, mask=mask)
 
     def _prob64(self, ids: Tensor) -> Tensor:  # the context-free base API has no meaning here
         raise ValueError("Mixed proposals depend on the context: use sample(..., context=)")
