@@ -616,14 +616,29 @@ class MarginHead(ClassRowsMixin, CandidateMixin, LinearEvalMixin, Head):
         return torch.logaddexp(torch.logsumexp(zs, dim=1), zt) - zt
 
     def forward(self, hidden: Tensor, target: Tensor) -> Tensor:
-        # the protocol's forward (documented on Head.forward); sampled training drops or keeps the
-        # ignored rows itself, so that their targets never join the batch positives
+        """Training loss (train mode) or the exact margin-free NLL (eval mode), as :meth:`Head.forward`:
+        [..., d], [...] -> scalar or [...] (``reduction``), rows with ``ignore_index`` left out.
+
+        Sampled training (``num_sampled``) handles the ignored rows itself, so that their targets
+        never join the batch positives (also on the fixed-shape path, where they stay in the batch).
+
+        Args:
+            hidden: hidden states ``[..., d]``.
+            target: int64 class ids ``[...]`` (the leading shape of ``hidden``).
+
+        Shape:
+            - hidden: :math:`(*, d)`; target: :math:`(*)`; output: scalar, or :math:`(*)` for ``'none'``.
+
+        Examples::
+
+            >>> head = ArcFace(16, 1000, num_sampled=64, seed=0)
+            >>> loss = head(torch.randn(8, 16), torch.randint(0, 1000, (8,)))
+            >>> loss.backward()
+        """
         if self.num_sampled is None or not self.training:
             return super().forward(hidden, target)
         h, y = self._flat_pair(hidden, target)
         return self._sampled_forward(h, y, target.shape, None)
-
-    forward.__doc__ = Head.forward.__doc__
 
     def _sampled_forward(self, h: Tensor, y: Tensor, shape, sampled_values) -> Tensor:
         keep = y != self.ignore_index
