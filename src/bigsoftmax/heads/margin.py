@@ -53,6 +53,7 @@ from ..ops.lse import linear_cross_entropy, linear_logsumexp
 from ..ops.reduce import reduce_loss
 from .base import Head, LinearEvalMixin, masked_reduce
 from ._candidates import CandidateMixin, build_sampler, seeded_generator
+from ..samplers.candidates import first_occurrence
 from ._init import init_class_rows, tie_class_rows
 from .._validate import check_scale as _check_scale
 from .rows import ClassRowsMixin
@@ -567,10 +568,7 @@ class MarginHead(ClassRowsMixin, CandidateMixin, LinearEvalMixin, Head):
         if not self.include_batch_positives:
             return sampled, true_exp, samp_exp, None
         n = y.shape[0]
-        ys, order = torch.sort(torch.where(row_keep, y, torch.full_like(y, self.num_classes)), stable=True)
-        first = torch.ones(n, dtype=torch.bool, device=y.device)
-        first[1:] = ys[1:] != ys[:-1]
-        live_pos = torch.zeros_like(first).scatter_(0, order, first) & row_keep
+        live_pos = first_occurrence(torch.where(row_keep, y, torch.full_like(y, self.num_classes))) & row_keep
         dead_draw = torch.isin(sampled, torch.where(row_keep, y, torch.full_like(y, -1)))
         ids = torch.cat([y, sampled])
         samp_exp = torch.cat([torch.ones(n, dtype=samp_exp.dtype, device=y.device), samp_exp.to(y.device)])

@@ -79,10 +79,7 @@ def unique_per_row(draw, num_rows: int, num_sampled: int) -> Tuple[Tensor, Tenso
             draws = torch.cat([draws, draw(draws.shape[1])], dim=1)
     while True:
         M = draws.shape[1]
-        sv, order = torch.sort(draws, dim=1, stable=True)
-        new = torch.ones_like(sv, dtype=torch.bool)
-        new[:, 1:] = sv[:, 1:] != sv[:, :-1]
-        first = torch.zeros_like(new).scatter_(1, order, new)
+        first = _candidates.first_occurrence(draws)
         if fixed:
             torch._assert_async((first.sum(1) >= num_sampled).all(),
                                 f"unique per-row candidate sampling: a row has fewer than num_sampled={num_sampled} "

@@ -73,6 +73,7 @@ __all__ = [
     "inverse_cdf",
     "inverse_cdf_draw",
     "unique_by_rejection",
+    "first_occurrence",
     "fenwick_build",
     "fenwick_add",
     "fenwick_search",
@@ -202,6 +203,25 @@ def unique_by_rejection(draw: Callable[[int], Tensor], num_sampled: int) -> Tupl
 UNIQUE_BLOCK = 32
 
 
+def first_occurrence(ids: Tensor) -> Tensor:
+    """Where each value of ``ids`` occurs for the first time along the last dimension: a bool tensor
+    of ``ids``' shape. Fixed shapes, no host read (a stable sort, a neighbour comparison, a scatter
+    back), so it serves the sync-free paths where ``torch.unique`` would read the device.
+
+    Shape:
+        - ids: :math:`(*, M)` integer; output: :math:`(*, M)` bool.
+
+    Examples::
+
+        >>> first_occurrence(torch.tensor([5, 3, 5, 7, 3]))
+        tensor([ True,  True, False,  True, False])
+    """
+    sorted_ids, order = torch.sort(ids, dim=-1, stable=True)
+    new = torch.ones_like(sorted_ids, dtype=torch.bool)
+    new[..., 1:] = sorted_ids[..., 1:] != sorted_ids[..., :-1]
+    return torch.zeros_like(new).scatter_(-1, order, new)
+
+
 def _unique_first_in_block(draws: Tensor, num_sampled: int) -> Tuple[Tensor, Tensor]:
     """The first ``num_sampled`` distinct ids of ``draws`` [M] in draw order, and ``num_tries`` = 1 +
     the position of the S-th distinct one, as a 0-d device tensor: no host sync, fixed shapes.
@@ -214,10 +234,7 @@ def _unique_first_in_block(draws: Tensor, num_sampled: int) -> Tuple[Tensor, Ten
     or a very peaked distribution) fails a device assert rather than return a wrong sample.
     """
     S, M = num_sampled, draws.numel()
-    sorted_ids, order = torch.sort(draws, stable=True)
-    new = torch.ones(M, dtype=torch.bool, device=draws.device)
-    new[1:] = sorted_ids[1:] != sorted_ids[:-1]
-    first = torch.zeros_like(new).scatter_(0, order, new)  # first occurrence of its value, in draw order
+    first = first_occurrence(draws)  # first occurrence of its value, in draw order
     rank = first.long().cumsum(0)  # 1-based rank of the distinct ids (at their first occurrence)
     slot = torch.where(first & (rank <= S), rank - 1, torch.full_like(rank, S))
     ids = draws.new_zeros(S + 1).scatter_(0, slot, draws)[:S]
