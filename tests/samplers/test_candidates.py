@@ -774,3 +774,19 @@ def test_cuda_outputs_follow_true_classes(name):
     assert torch.equal(a[0], b[0].cpu())
     torch.testing.assert_close(a[2], b[2].cpu())
     torch.testing.assert_close(sm.log_prob(tc), cpu.log_prob(tc.cpu()).cuda())
+
+
+def test_update_rows_drops_the_masked_rows_for_a_sampler_without_mask():
+    """A user's sampler whose update takes only true_classes gets the kept rows."""
+    seen = []
+
+    class Counting:
+        def update(self, true_classes):
+            seen.append(true_classes.clone())
+
+    from bigsoftmax.samplers.candidates import update_rows
+
+    y = torch.tensor([[1], [2], [3]])
+    update_rows(Counting(), y, mask=torch.tensor([True, False, True]))
+    update_rows(Counting(), y)
+    assert torch.equal(seen[0], torch.tensor([[1], [3]])) and torch.equal(seen[1], y)

@@ -19,13 +19,14 @@ the head.
 
 from __future__ import annotations
 
-import inspect
 import itertools
 import weakref
 from typing import Callable, Optional, Tuple
 
 import torch
 from torch import Tensor, nn
+
+from ..samplers.candidates import update_rows
 
 __all__ = ["build_sampler", "seeded_generator", "generator_on", "draw_candidates", "support_size", "CandidateMixin"]
 
@@ -100,20 +101,8 @@ def draw_candidates(sampler, labels: Tensor, num_sampled: int, generator: torch.
     else:
         out = sampler.sample(labels, num_sampled, generator=generator)
     if update and hasattr(sampler, "update"):
-        if row_keep is None:
-            sampler.update(labels)
-        elif _takes_mask(sampler.update):
-            sampler.update(labels, mask=row_keep)
-        else:  # a user's sampler with update(true_classes) only: drop the rows (a host read, still exact)
-            sampler.update(labels[row_keep])
+        update_rows(sampler, labels, row_keep)
     return out
-
-
-def _takes_mask(update) -> bool:
-    try:
-        return "mask" in inspect.signature(update).parameters
-    except (TypeError, ValueError):  # pragma: no cover - builtins without a signature
-        return False
 
 
 # ----------------------------------------------------------------------------- the draw under torch.compile

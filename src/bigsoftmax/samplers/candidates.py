@@ -36,6 +36,7 @@ the draws, O(n log n) with n ~ num_tries. Nothing per call is O(V) except ``prob
 
 from __future__ import annotations
 
+import inspect
 import math
 import numbers
 import os
@@ -74,6 +75,7 @@ __all__ = [
     "inverse_cdf_draw",
     "unique_by_rejection",
     "first_occurrence",
+    "update_rows",
     "fenwick_build",
     "fenwick_add",
     "fenwick_search",
@@ -256,6 +258,34 @@ def _check_update_mask(mask: Optional[Tensor], true_classes: Tensor) -> Optional
     if tuple(mask.shape) != (n,):
         raise ValueError(f"mask must have shape [{n}] (one flag per row of true_classes), got {tuple(mask.shape)}")
     return mask
+
+
+def update_rows(sampler, true_classes: Tensor, mask: Optional[Tensor] = None) -> None:
+    """``sampler.update(true_classes)`` counting only the rows where ``mask`` [N] holds (all rows
+    for None). A sampler whose ``update`` takes ``mask=`` (every sampler here) gets it as is, in
+    fixed shapes; one with ``update(true_classes)`` only (a user's) gets ``true_classes[mask]``
+    (a host read on an accelerator, the same counts).
+
+    Examples::
+
+        >>> s = LearnedUnigram(10)
+        >>> update_rows(s, torch.tensor([[4], [5]]), mask=torch.tensor([True, False]))
+        >>> s.counts[4].item(), s.counts[5].item()
+        (2, 1)
+    """
+    if mask is None:
+        sampler.update(true_classes)
+    elif _takes_mask(sampler.update):
+        sampler.update(true_classes, mask=mask)
+    else:
+        sampler.update(true_classes[mask])
+
+
+def _takes_mask(update) -> bool:
+    try:
+        return "mask" in inspect.signature(update).parameters
+    except (TypeError, ValueError):  # pragma: no cover - builtins without a signature
+        return False
 
 
 def fenwick_build(counts: Tensor) -> Tensor:

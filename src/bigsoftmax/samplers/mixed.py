@@ -26,7 +26,7 @@ import torch
 from torch import Tensor
 
 from .bigram import Bigram
-from .candidates import CandidateSampler, CandidateSamples, _check_generator, _check_int, _check_true_classes
+from .candidates import CandidateSampler, CandidateSamples, _check_generator, _check_int, _check_true_classes, update_rows
 
 __all__ = ["Mixed"]
 
@@ -142,10 +142,7 @@ class Mixed(CandidateSampler):
 
     def update(self, true_classes: Tensor, mask: Optional[Tensor] = None) -> None:
         """Let a learned shared sampler count the batch's classes (the rows where ``mask`` holds)."""
-        if mask is None:
-            self.shared.update(true_classes)
-        else:
-            self.shared.update(true_classes, mask=mask)
+        update_rows(self.shared, true_classes, mask)
 
     def _prob64(self, ids: Tensor) -> Tensor:  # the context-free base API has no meaning here
         raise ValueError("Mixed proposals depend on the context: use sample(..., context=)")
