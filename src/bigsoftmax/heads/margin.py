@@ -527,12 +527,10 @@ class MarginHead(ClassRowsMixin, CandidateMixin, LinearEvalMixin, Head):
 
     # ----------------------------------------------------------------- training
     def _loss(self, h: Tensor, y: Tensor) -> Tensor:
-        """Margin training objective [N] (dense over all classes, or sampled with ``num_sampled``)."""
-        fn = self._step_margin()
-        if self.num_sampled is None:
-            return margin_softmax_loss(h, self.weight, y, fn, scale=self.scale, normalize_features=self.normalize_features,
-                                       normalize_weights=self.normalize_weights, eps=self.eps, chunk=self.eval_chunk)
-        return self._sampled_loss(h, y, fn)
+        """Dense margin training objective [N] over all classes (sampled training: :meth:`forward`)."""
+        return margin_softmax_loss(h, self.weight, y, self._step_margin(), scale=self.scale,
+                                   normalize_features=self.normalize_features,
+                                   normalize_weights=self.normalize_weights, eps=self.eps, chunk=self.eval_chunk)
 
     def candidates(self, y: Tensor, sampled_values=None):
         """The step's candidate set ``(ids [S'], true_expected [N, 1], sampled_expected [S'])``.
